@@ -1,0 +1,88 @@
+"""Nightly homepage pipeline: wiring only.
+
+Each task calls `recsys.pipeline.run_stage(<stage>, config, logical date)`; everything
+else lives in recsys/. Nothing heavy is imported at parse time (the recsys import is
+inside the task), no connection is opened.
+
+Backfill: trigger the DAG for past logical dates from the UI (or `airflow dags
+backfill`). A run for date D reads events before D; publishing an older date never
+replaces a newer live homepage unless the `force_publish` param is set.
+Params: `config_path` (YAML), `overrides` ({"section": {"key": value}}), `date`
+(YYYY-MM-DD, overrides the logical date), `force_publish`.
+GPU: set RECSYS_GPU_QUEUE / RECSYS_GPU_POOL in the scheduler's environment to send
+train and embed to GPU workers.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import DAG, Param, get_current_context, task
+
+STAGES = ["validate", "aggregate", "train", "embed", "retrieve", "rerank", "evaluate", "publish"]
+GPU_STAGES = {"train", "embed"}
+TIMEOUTS = {"train": timedelta(hours=4), "embed": timedelta(hours=2)}
+GPU_QUEUE = os.environ.get("RECSYS_GPU_QUEUE")
+GPU_POOL = os.environ.get("RECSYS_GPU_POOL")
+
+
+def _run(stage: str) -> dict:
+    """Resolve config + date from the DAG run, then run one stage."""
+    from recsys.config import load_config, parse_date
+    from recsys.pipeline import run_stage
+
+    ctx = get_current_context()
+    params = ctx["params"]
+    overrides = dict(params.get("overrides") or {})
+    if params.get("force_publish"):
+        overrides.setdefault("publish", {})["force"] = True
+    cfg = load_config(params.get("config_path") or None, overrides)
+    # Manual runs in Airflow 3 may have no logical date: fall back to run_after.
+    when = params.get("date") or ctx.get("logical_date") or ctx["dag_run"].run_after
+    info = run_stage(stage, cfg, parse_date(str(when)[:10] if isinstance(when, str) else when))
+    # XCom keeps the small summary only (the run directory holds the rest).
+    return {k: v for k, v in info.items() if k not in ("history", "traceback")}
+
+
+with DAG(
+    dag_id="homepage_nightly",
+    description="Precompute and publish a personalised homepage for every user",
+    schedule="0 2 * * *",
+    start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(minutes=5),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=30),
+        "execution_timeout": timedelta(hours=1),
+    },
+    params={
+        "config_path": Param(None, type=["null", "string"], description="YAML config file"),
+        "overrides": Param({}, type="object", description='config overrides, e.g. {"train": {"time_budget_s": 600}}'),
+        "date": Param(None, type=["null", "string"], description="YYYY-MM-DD; default: the logical date"),
+        "force_publish": Param(False, type="boolean", description="replace a newer live homepage"),
+    },
+    tags=["recsys", "homepage"],
+) as dag:
+    previous = None
+    for stage in STAGES:
+        extra: dict = {"execution_timeout": TIMEOUTS.get(stage, timedelta(hours=1))}
+        if stage in GPU_STAGES and GPU_QUEUE:
+            extra["queue"] = GPU_QUEUE
+        if stage in GPU_STAGES and GPU_POOL:
+            extra["pool"] = GPU_POOL
+        if stage == "publish":
+            extra["retries"] = 1  # a refused publish (gate, backfill guard) is not transient
+
+        @task(task_id=stage, **extra)
+        def run(stage_name: str = stage) -> dict:
+            return _run(stage_name)
+
+        current = run()
+        if previous is not None:
+            previous >> current
+        previous = current

@@ -1,0 +1,391 @@
+"""Validate and aggregate with Spark: pure DataFrame -> DataFrame transforms + a thin main.
+
+Outputs for a run (under features/<split>/, split = "train" (history before the holdout
+cutoff, used to fit and evaluate) and "full" (history before the run date, used to
+serve); with holdout_days = 0 they are the same and only "full" is written):
+- sequences:   user_id, items array<string>, types array<string>, ts array<timestamp>
+               (positive events in time order, consecutive repeats of one item collapsed
+               to its strongest event type, last model.max_seq_len steps)
+- item_stats:  every catalog item with n_events, n_users, pop_score, trend_score,
+               first_event_ts, category, created_at, available
+- covisitation: item_id, neighbor_id, score, rank (directed: neighbour follows item)
+- exclusions:  user_id, item_id the user must not be shown again (per exclude_policy)
+and once per run: catalog (clean items), holdout (user_id, item_id), quarantine/.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from recsys.contract import (
+    CATALOG_COLUMNS,
+    CATALOG_REQUIRED,
+    EVENT_COLUMNS,
+    EVENT_REQUIRED,
+    InputError,
+    list_partitions,
+    read_raw,
+    select_catalog_partition,
+    select_event_partitions,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+
+    from recsys.config import Config
+    from recsys.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+class RejectRateError(RuntimeError):
+    """Too many input rows were rejected; the quarantine was written for inspection."""
+
+
+def _day_start(d: dt.date) -> dt.datetime:
+    return dt.datetime.combine(d, dt.time(0), tzinfo=dt.UTC)
+
+
+def _ts_lit(d: dt.date) -> Column:
+    from pyspark.sql import functions as F
+
+    # A naive UTC literal: the session zone is UTC, so this is midnight UTC of d.
+    return F.lit(dt.datetime.combine(d, dt.time(0))).cast("timestamp")
+
+
+def parse_ts(c: Column) -> Column:
+    """ISO-8601 text or epoch seconds -> timestamp; null where unparseable (never raises)."""
+    from pyspark.sql import functions as F
+
+    s = F.trim(c)
+    return F.when(s.rlike(r"^-?\d+(\.\d+)?$"), F.timestamp_seconds(s.try_cast("double"))).otherwise(
+        F.try_to_timestamp(s)
+    )
+
+
+def _blank(c: Column) -> Column:
+    from pyspark.sql import functions as F
+
+    return c.isNull() | (F.trim(c) == "")
+
+
+def validate_events(
+    raw: DataFrame,
+    catalog_ids: DataFrame,
+    run_date: dt.date,
+    known_types: list[str],
+    bot_max_events_per_day: int,
+) -> tuple[DataFrame, DataFrame]:
+    """Split raw events into (clean typed rows, quarantined raw rows with `reason`).
+
+    Reasons, first match wins: unparseable_row, missing_<field>, bad_timestamp,
+    unknown_event_type, future_timestamp (ts >= run date 00:00 UTC), bad_value,
+    unknown_item, duplicate (exact repeat of user/item/type/ts/session; the first is
+    kept), bot_like_user (every event of a user with more than bot_max_events_per_day
+    events on one day).
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    df = raw.withColumn("event_type_n", F.lower(F.trim("event_type")))
+    df = df.withColumn("ts_p", parse_ts(F.col("ts")))
+    df = df.withColumn("value_p", F.col("value").try_cast("double"))
+    ids = catalog_ids.select(F.col("item_id").alias("_cat_item")).distinct()
+    df = df.join(F.broadcast(ids), df.item_id == ids._cat_item, "left")
+    reason = F.when(F.col("_corrupt").isNotNull(), F.lit("unparseable_row"))
+    for c in EVENT_REQUIRED:
+        reason = reason.when(_blank(F.col(c)), F.lit(f"missing_{c}"))
+    reason = (
+        reason.when(F.col("ts_p").isNull(), F.lit("bad_timestamp"))
+        .when(~F.col("event_type_n").isin(known_types), F.lit("unknown_event_type"))
+        .when(F.col("ts_p") >= _ts_lit(run_date), F.lit("future_timestamp"))
+        .when(F.col("value").isNotNull() & F.col("value_p").isNull(), F.lit("bad_value"))
+        .when(F.col("_cat_item").isNull(), F.lit("unknown_item"))
+    )
+    df = df.withColumn("reason", reason)
+    key = ["user_id", "item_id", "event_type_n", "ts_p", "session_id"]
+    dup_w = Window.partitionBy(*key).orderBy("source_file", "dt")
+    df = df.withColumn(
+        "reason",
+        F.when(F.col("reason").isNull() & (F.row_number().over(dup_w) > 1), F.lit("duplicate")).otherwise(
+            F.col("reason")
+        ),
+    )
+    ok = F.col("reason").isNull()
+    per_day = (
+        df.where(ok)
+        .groupBy("user_id", F.to_date("ts_p").alias("d"))
+        .count()
+        .where(F.col("count") > bot_max_events_per_day)
+        .select(F.col("user_id").alias("_bot"))
+        .distinct()
+    )
+    df = df.join(F.broadcast(per_day), df.user_id == per_day._bot, "left")
+    df = df.withColumn(
+        "reason", F.when(ok & F.col("_bot").isNotNull(), F.lit("bot_like_user")).otherwise(F.col("reason"))
+    )
+    clean = df.where(F.col("reason").isNull()).select(
+        "user_id",
+        "item_id",
+        F.col("event_type_n").alias("event_type"),
+        F.col("ts_p").alias("ts"),
+        "session_id",
+        F.col("value_p").alias("value"),
+        "dt",
+    )
+    quarantine = df.where(F.col("reason").isNotNull()).select(*EVENT_COLUMNS, "_corrupt", "dt", "source_file", "reason")
+    return clean, quarantine
+
+
+def validate_catalog(raw: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """(clean items, quarantined rows). Reasons: unparseable_row, missing_<field>,
+    bad_price, duplicate_item_id (the first row per item_id by file order is kept)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    df = raw.withColumn("price_p", F.col("price").try_cast("double"))
+    reason = F.when(F.col("_corrupt").isNotNull(), F.lit("unparseable_row"))
+    for c in CATALOG_REQUIRED:
+        reason = reason.when(_blank(F.col(c)), F.lit(f"missing_{c}"))
+    reason = reason.when(F.col("price").isNotNull() & F.col("price_p").isNull(), F.lit("bad_price"))
+    df = df.withColumn("reason", reason)
+    w = Window.partitionBy("item_id").orderBy(F.col("reason").isNotNull(), "source_file", "title")
+    df = df.withColumn(
+        "reason",
+        F.when(F.col("reason").isNull() & (F.row_number().over(w) > 1), F.lit("duplicate_item_id")).otherwise(
+            F.col("reason")
+        ),
+    )
+    avail = F.lower(F.trim("available"))
+    clean = df.where(F.col("reason").isNull()).select(
+        F.trim("item_id").alias("item_id"),
+        F.trim("title").alias("title"),
+        F.coalesce(F.trim("category"), F.lit("")).alias("category"),
+        F.coalesce(F.trim("brand"), F.lit("")).alias("brand"),
+        F.coalesce(F.col("description"), F.lit("")).alias("description"),
+        F.col("price_p").alias("price"),
+        # Missing or unrecognised availability means available (the contract default).
+        (~avail.isin("false", "0", "no", "f")).alias("available"),
+        parse_ts(F.col("created_at")).alias("created_at"),
+    )
+    clean = clean.withColumn("available", F.coalesce(F.col("available"), F.lit(True)))
+    quarantine = df.where(F.col("reason").isNotNull()).select(
+        *CATALOG_COLUMNS, "_corrupt", "dt", "source_file", "reason"
+    )
+    return clean, quarantine
+
+
+def interactions(clean: DataFrame, weights: dict[str, float], min_rating_positive: float) -> DataFrame:
+    """Add `weight` (from config) and `positive` (counts as a training/eval positive)."""
+    from pyspark.sql import functions as F
+
+    wmap = F.create_map(*[x for k, v in sorted(weights.items()) for x in (F.lit(k), F.lit(float(v)))])
+    w = F.coalesce(wmap[F.col("event_type")], F.lit(0.0))
+    pos = (w > 0) & (
+        (F.col("event_type") != "rate") | F.col("value").isNull() | (F.col("value") >= min_rating_positive)
+    )
+    return clean.withColumn("weight", w).withColumn("positive", pos)
+
+
+def sequences(inter: DataFrame, cutoff: dt.date, max_len: int) -> DataFrame:
+    """Each user's positive events before cutoff as ordered arrays (see module doc)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    df = inter.where(F.col("positive") & (F.col("ts") < _ts_lit(cutoff)))
+    w = Window.partitionBy("user_id").orderBy("ts", "item_id", "event_type")
+    df = df.withColumn("_prev", F.lag("item_id").over(w))
+    df = df.withColumn("_new", (F.col("_prev").isNull() | (F.col("_prev") != F.col("item_id"))).cast("int"))
+    df = df.withColumn("_run", F.sum("_new").over(w.rowsBetween(Window.unboundedPreceding, 0)))
+    runs = df.groupBy("user_id", "_run").agg(
+        F.first("item_id").alias("item_id"),
+        F.min("ts").alias("ts"),
+        F.max(F.struct("weight", "event_type")).getField("event_type").alias("event_type"),
+    )
+    last = Window.partitionBy("user_id").orderBy(F.col("_run").desc())
+    runs = runs.withColumn("_rn", F.row_number().over(last)).where(F.col("_rn") <= max_len)
+    agg = runs.groupBy("user_id").agg(
+        F.sort_array(F.collect_list(F.struct("_run", "item_id", "event_type", "ts"))).alias("_s")
+    )
+    return agg.select(
+        "user_id",
+        F.transform("_s", lambda s: s["item_id"]).alias("items"),
+        F.transform("_s", lambda s: s["event_type"]).alias("types"),
+        F.transform("_s", lambda s: s["ts"]).alias("ts"),
+    )
+
+
+def item_stats(inter: DataFrame, catalog: DataFrame, cutoff: dt.date, trending_days: int) -> DataFrame:
+    """Popularity and trend per catalog item from events before cutoff (zeros if none)."""
+    from pyspark.sql import functions as F
+
+    start_trend = cutoff - dt.timedelta(days=trending_days)
+    ev = inter.where(F.col("positive") & (F.col("ts") < _ts_lit(cutoff)))
+    agg = ev.groupBy("item_id").agg(
+        F.count("*").alias("n_events"),
+        F.countDistinct("user_id").alias("n_users"),
+        F.sum("weight").alias("pop_score"),
+        F.sum(F.when(F.col("ts") >= _ts_lit(start_trend), F.col("weight")).otherwise(0.0)).alias("trend_score"),
+        F.min("ts").alias("first_event_ts"),
+    )
+    out = catalog.select("item_id", "category", "created_at", "available").join(agg, "item_id", "left")
+    return out.select(
+        "item_id",
+        F.coalesce("n_events", F.lit(0)).cast("long").alias("n_events"),
+        F.coalesce("n_users", F.lit(0)).cast("long").alias("n_users"),
+        F.coalesce("pop_score", F.lit(0.0)).alias("pop_score"),
+        F.coalesce("trend_score", F.lit(0.0)).alias("trend_score"),
+        "first_event_ts",
+        "category",
+        "created_at",
+        "available",
+    )
+
+
+def covisitation(seqs: DataFrame, window: int, top_n: int) -> DataFrame:
+    """Directed "what follows" co-occurrence: b after a within `window` steps of one
+    user's sequence scores 1/distance; summed over users, top_n neighbours per item."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    ex = seqs.select("user_id", F.posexplode("items").alias("pos", "item"))
+    a = ex.select("user_id", F.col("pos").alias("pa"), F.col("item").alias("item_id"))
+    b = ex.select(F.col("user_id").alias("ub"), F.col("pos").alias("pb"), F.col("item").alias("neighbor_id"))
+    pairs = a.join(b, (a.user_id == b.ub) & (b.pb > a.pa) & (b.pb <= a.pa + window), "inner").where(
+        F.col("item_id") != F.col("neighbor_id")
+    )
+    scored = pairs.groupBy("item_id", "neighbor_id").agg(F.sum(1.0 / (F.col("pb") - F.col("pa"))).alias("score"))
+    w = Window.partitionBy("item_id").orderBy(F.col("score").desc(), F.col("neighbor_id"))
+    return (
+        scored.withColumn("rank", F.row_number().over(w))
+        .where(F.col("rank") <= top_n)
+        .select("item_id", "neighbor_id", "score", F.col("rank").cast("int").alias("rank"))
+    )
+
+
+def exclusions(inter: DataFrame, policy: str, cutoff: dt.date) -> DataFrame:
+    """(user_id, item_id) pairs never to be recommended again, from events before cutoff."""
+    from pyspark.sql import functions as F
+
+    ev = inter.where(F.col("ts") < _ts_lit(cutoff))
+    if policy == "purchased":
+        ev = ev.where(F.col("event_type") == "purchase")
+    elif policy == "none":
+        ev = ev.where(F.lit(False))
+    return ev.select("user_id", "item_id").distinct()
+
+
+def holdout(inter: DataFrame, start: dt.date, end: dt.date) -> DataFrame:
+    """Positive (user, item) pairs with start <= ts < end: the evaluation targets."""
+    from pyspark.sql import functions as F
+
+    ev = inter.where(F.col("positive") & (F.col("ts") >= _ts_lit(start)) & (F.col("ts") < _ts_lit(end)))
+    return ev.groupBy("user_id", "item_id").agg(F.min("ts").alias("ts"))
+
+
+def _write(df: DataFrame, path: str, files: int = 1) -> None:
+    df.coalesce(files).write.mode("overwrite").parquet(path)
+
+
+def run_validate(cfg: Config, run_date: dt.date, rd: RunDir) -> dict[str, object]:
+    """Read the input contract for run_date, write validated/ and quarantine/."""
+    from recsys.spark import get_spark
+
+    t0 = time.time()
+    spark = get_spark(cfg.spark, app_name=f"recsys-validate-{run_date}")
+    root = cfg.paths.data_root.rstrip("/")
+    ev_parts = select_event_partitions(list_partitions(spark, f"{root}/events"), run_date, cfg.events.lookback_days)
+    cat_part = select_catalog_partition(list_partitions(spark, f"{root}/catalog"), run_date)
+    log.info(
+        "validate: %d event partitions %s..%s, catalog dt=%s",
+        len(ev_parts), ev_parts[0].date, ev_parts[-1].date, cat_part.date,
+    )  # fmt: skip
+    cat_clean, cat_q = validate_catalog(read_raw(spark, [cat_part], CATALOG_COLUMNS))
+    _write(cat_clean, str(rd.path("validated", "catalog")))
+    _write(cat_q, str(rd.path("quarantine", "catalog")))
+    cat_clean = spark.read.parquet(str(rd.path("validated", "catalog")))
+    n_items = cat_clean.count()
+    if n_items == 0:
+        raise InputError(f"catalog partition {cat_part.path} holds no valid item")
+    clean, quarantine = validate_events(
+        read_raw(spark, ev_parts, EVENT_COLUMNS),
+        cat_clean,
+        run_date,
+        sorted(cfg.events.weights),
+        cfg.events.bot_max_events_per_day,
+    )
+    n_files = max(1, cfg.spark.shuffle_partitions // 2)
+    _write(clean, str(rd.path("validated", "events")), n_files)
+    _write(quarantine, str(rd.path("quarantine", "events")))
+
+    def reasons(path: str) -> dict[str, int]:
+        rows = spark.read.parquet(path).groupBy("reason").count().collect()
+        return {r["reason"]: int(r["count"]) for r in sorted(rows, key=lambda r: r["reason"])}
+
+    q_counts = reasons(str(rd.path("quarantine", "events")))
+    n_clean = spark.read.parquet(str(rd.path("validated", "events"))).count()
+    n_bad = sum(q_counts.values())
+    total = n_clean + n_bad
+    reject_rate = n_bad / total if total else 0.0
+    counts: dict[str, object] = {
+        "event_partitions": {"first": str(ev_parts[0].date), "last": str(ev_parts[-1].date), "n": len(ev_parts)},
+        "catalog_partition": str(cat_part.date),
+        "events_raw": total,
+        "events_clean": n_clean,
+        "events_quarantined": q_counts,
+        "reject_rate": round(reject_rate, 6),
+        "catalog_items": n_items,
+        "catalog_quarantined": reasons(str(rd.path("quarantine", "catalog"))),
+    }
+    log.info(
+        "validate: %d raw events, %d clean, quarantined %s (reject rate %.4f)", total, n_clean, q_counts, reject_rate
+    )
+    if reject_rate > cfg.events.max_reject_rate:
+        raise RejectRateError(
+            f"reject rate {reject_rate:.3f} is above events.max_reject_rate={cfg.events.max_reject_rate} "
+            f"({q_counts}); the rejected rows are in {rd.path('quarantine', 'events')}"
+        )
+    if n_clean == 0:
+        raise InputError("no valid events in the window: nothing to learn from")
+    counts["seconds"] = round(time.time() - t0, 1)
+    return counts
+
+
+def run_aggregate(cfg: Config, run_date: dt.date, rd: RunDir) -> dict[str, object]:
+    """validated/ -> features/ (sequences, item_stats, covisitation, exclusions, holdout)."""
+    from recsys.spark import get_spark
+
+    t0 = time.time()
+    spark = get_spark(cfg.spark, app_name=f"recsys-aggregate-{run_date}")
+    catalog = spark.read.parquet(str(rd.require("validated", "catalog")))
+    clean = spark.read.parquet(str(rd.require("validated", "events")))
+    inter = interactions(clean, cfg.events.weights, cfg.events.min_rating_positive).cache()
+    _write(catalog, str(rd.path("features", "catalog")))
+    counts: dict[str, object] = {}
+    holdout_days = cfg.evaluate.holdout_days
+    split_date = run_date - dt.timedelta(days=holdout_days)
+    splits = {"full": run_date}
+    if holdout_days > 0:
+        splits["train"] = split_date
+        _write(holdout(inter, split_date, run_date), str(rd.path("features", "holdout")))
+        counts["holdout_pairs"] = spark.read.parquet(str(rd.path("features", "holdout"))).count()
+        counts["split_date"] = split_date.isoformat()
+    for name, cutoff in splits.items():
+        seqs = sequences(inter, cutoff, cfg.model.max_seq_len)
+        _write(seqs, str(rd.path("features", name, "sequences")))
+        seqs = spark.read.parquet(str(rd.path("features", name, "sequences")))
+        _write(
+            item_stats(inter, catalog, cutoff, cfg.retrieve.trending_days), str(rd.path("features", name, "item_stats"))
+        )
+        _write(covisitation(seqs, cfg.retrieve.covis_window, cfg.retrieve.covis_neighbors),
+               str(rd.path("features", name, "covisitation")))  # fmt: skip
+        _write(exclusions(inter, cfg.events.exclude_policy, cutoff), str(rd.path("features", name, "exclusions")))
+        counts[f"{name}_users"] = seqs.count()
+    counts["splits"] = sorted(splits)
+    counts["seconds"] = round(time.time() - t0, 1)
+    log.info("aggregate: %s", counts)
+    inter.unpersist()
+    return counts

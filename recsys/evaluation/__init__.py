@@ -1,0 +1,1 @@
+"""Offline evaluation: metrics (plain functions), baselines, the publish gate, the report."""

@@ -1,0 +1,76 @@
+"""Ranking metrics as plain functions over one ranked list and one target set.
+
+Conventions (hand-checked in tests/evaluation/test_metrics.py):
+- recall@k  = |top-k ∩ targets| / min(|targets|, k)   (so a perfect list scores 1.0
+  even when the user has more targets than slots; this is the "normalised" recall
+  used by e.g. the EASE and Mult-VAE papers)
+- ndcg@k    = DCG@k / IDCG@k, binary gains, log2(rank + 1) discount
+- hit_rate@k = 1 if any target is in the top k
+- an empty target set is undefined: callers skip such users (mean_metrics does)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+
+def recall_at_k(ranked: Sequence[str], targets: set[str], k: int) -> float:
+    if not targets:
+        raise ValueError("recall is undefined for an empty target set")
+    hits = sum(1 for x in ranked[:k] if x in targets)
+    return hits / min(len(targets), k)
+
+
+def ndcg_at_k(ranked: Sequence[str], targets: set[str], k: int) -> float:
+    if not targets:
+        raise ValueError("ndcg is undefined for an empty target set")
+    dcg = sum(1.0 / math.log2(i + 2) for i, x in enumerate(ranked[:k]) if x in targets)
+    idcg = sum(1.0 / math.log2(i + 2) for i in range(min(len(targets), k)))
+    return dcg / idcg
+
+
+def hit_rate_at_k(ranked: Sequence[str], targets: set[str], k: int) -> float:
+    if not targets:
+        raise ValueError("hit rate is undefined for an empty target set")
+    return 1.0 if any(x in targets for x in ranked[:k]) else 0.0
+
+
+METRICS = {"recall": recall_at_k, "ndcg": ndcg_at_k, "hit_rate": hit_rate_at_k}
+
+
+def mean_metrics(
+    ranked: Mapping[str, Sequence[str]], targets: Mapping[str, set[str]], ks: Iterable[int]
+) -> dict[str, float]:
+    """Mean of every metric at every k over users with a non-empty target set.
+
+    A user with targets but no ranked list counts as all zeros (a missing list is a
+    miss, not a skip), so methods that cover fewer users are not flattered.
+    """
+    users = [u for u, t in targets.items() if t]
+    out: dict[str, float] = {}
+    for k in ks:
+        for name, fn in METRICS.items():
+            vals = [fn(ranked.get(u, ()), targets[u], k) for u in users]
+            out[f"{name}@{k}"] = sum(vals) / len(vals) if vals else float("nan")
+    out["users"] = float(len(users))
+    return out
+
+
+def catalog_coverage(ranked: Mapping[str, Sequence[str]], n_items: int, k: int) -> float:
+    """Share of the catalog that appears in at least one user's top k."""
+    seen = {x for lst in ranked.values() for x in lst[:k]}
+    return len(seen) / n_items if n_items else 0.0
+
+
+def intra_list_diversity(vec_of: Mapping[str, Sequence[float]], ranked: Sequence[str], k: int) -> float:
+    """1 - mean pairwise cosine similarity of the top k (vectors are unit length)."""
+    import numpy as np
+
+    items = [x for x in ranked[:k] if x in vec_of]
+    if len(items) < 2:
+        return float("nan")
+    v = np.array([vec_of[x] for x in items], dtype=np.float64)
+    s = v @ v.T
+    n = len(items)
+    return float(1.0 - (s.sum() - np.trace(s)) / (n * (n - 1)))

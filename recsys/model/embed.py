@@ -1,0 +1,65 @@
+"""Embed every catalog item (new ones from text alone) and every user with history.
+
+Writes embeddings/items.npy [N, d] float32 and item_bias.npy [N] with items.parquet
+(item_id, row) and scoring.json (temperature), and for
+each split (full = serving, train = evaluation) users_<split>.npy [U, d] with
+users_<split>.parquet (user_id, row). All vectors are L2-normalised.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from recsys.config import Config
+from recsys.model.data import load_catalog, load_sequences
+from recsys.model.train import load_bundle
+from recsys.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+def embed_all(cfg: Config, rd: RunDir) -> dict[str, Any]:
+    t0 = time.time()
+    catalog = load_catalog(rd.require("features", "catalog"))
+    bundle = load_bundle(cfg, rd)
+    if list(bundle.item_ids) != list(catalog.ids):
+        raise ValueError("the model's item vocabulary differs from this run's catalog: re-run train for this date")
+    bundle.texts = catalog.texts
+    out = rd.path("embeddings")
+    out.mkdir(parents=True, exist_ok=True)
+    t = time.time()
+    table, bias = bundle.item_table(batch_size=256)  # [N, d], [N]
+    items_s = time.time() - t
+    np.save(out / "items.npy", table.cpu().numpy().astype(np.float32))
+    np.save(out / "item_bias.npy", bias.cpu().numpy().astype(np.float32))
+    # Retrieval scores <u, v> / temperature + bias, exactly as training did.
+    (out / "scoring.json").write_text(json.dumps({"temperature": cfg.train.temperature}))
+    pq.write_table(pa.table({"item_id": catalog.ids.astype(str), "row": np.arange(len(catalog.ids))}),
+                   out / "items.parquet")  # fmt: skip
+    info: dict[str, Any] = {
+        "items": len(catalog.ids),
+        "items_per_s": round(len(catalog.ids) / max(items_s, 1e-9), 1),
+        "device": str(bundle.device),
+    }
+    log.info("embed: %d items in %.1fs (%.0f items/s)", len(catalog.ids), items_s, info["items_per_s"])
+    splits = ["full"] + (["train"] if cfg.evaluate.holdout_days > 0 else [])
+    for split in splits:
+        seqs = load_sequences(rd.require("features", split, "sequences"), catalog.index(), bundle.type_names)
+        t = time.time()
+        with torch.no_grad():
+            users = bundle.user_vectors(seqs, table, cfg.model.max_seq_len, batch_size=1024)
+        np.save(out / f"users_{split}.npy", users.cpu().numpy().astype(np.float32))
+        pq.write_table(pa.table({"user_id": seqs.user_ids.astype(str), "row": np.arange(len(seqs))}),
+                       out / f"users_{split}.parquet")  # fmt: skip
+        info[f"users_{split}"] = len(seqs)
+        log.info("embed: %d users (%s) in %.1fs", len(seqs), split, time.time() - t)
+    info["seconds"] = round(time.time() - t0, 1)
+    return info

@@ -1,0 +1,135 @@
+"""The night, top to bottom: every stage for one logical date, through the run directory.
+
+    validate   input contract -> validated/ + quarantine/        (Spark)
+    aggregate  validated/ -> features/{train,full}/ + holdout     (Spark)
+    train      features/ -> model/                                (torch; GPU if present)
+    embed      model/ -> embeddings/ (every item, every user)     (torch)
+    retrieve   embeddings/ + features/ -> candidates/             (FAISS + other sources)
+    rerank     candidates/ -> slates/ (sections, reasons, fallbacks)
+    evaluate   holdout metrics vs baselines -> metrics.json, report.html, gate
+    publish    slates/ -> database (new table, atomic switch)     (SQLite or PostgreSQL)
+
+Each stage is one function `(cfg, run_date) -> info`; `run_stage` records its info,
+timing and status in manifest.json. Airflow calls `run_stage` once per task.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from recsys.config import Config
+from recsys.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+def _validate(cfg: Config, rd: RunDir) -> dict[str, Any]:
+    from recsys.aggregate import run_validate
+
+    return run_validate(cfg, rd.date, rd)
+
+
+def _aggregate(cfg: Config, rd: RunDir) -> dict[str, Any]:
+    from recsys.aggregate import run_aggregate
+
+    return run_aggregate(cfg, rd.date, rd)
+
+
+def _train(cfg: Config, rd: RunDir) -> dict[str, Any]:
+    from recsys.model.train import train_model
+
+    return train_model(cfg, rd)
+
+
+def _embed(cfg: Config, rd: RunDir) -> dict[str, Any]:
+    from recsys.model.embed import embed_all
+
+    return embed_all(cfg, rd)
+
+
+def _retrieve(cfg: Config, rd: RunDir) -> dict[str, Any]:
+    from recsys.retrieve import run_retrieve
+
+    return run_retrieve(cfg, rd)
+
+
+def _rerank(cfg: Config, rd: RunDir) -> dict[str, Any]:
+    from recsys.rerank import run_rerank
+
+    return run_rerank(cfg, rd)
+
+
+def _evaluate(cfg: Config, rd: RunDir) -> dict[str, Any]:
+    from recsys.evaluation.evaluate import run_evaluate
+
+    return run_evaluate(cfg, rd)
+
+
+def _publish(cfg: Config, rd: RunDir) -> dict[str, Any]:
+    from recsys.publish.publish import run_publish
+
+    return run_publish(cfg, rd)
+
+
+# Heavy imports stay inside the stage functions: importing this module (as the Airflow
+# DAG file does at parse time) costs nothing.
+STAGES: dict[str, Callable[[Config, RunDir], dict[str, Any]]] = {
+    "validate": _validate,
+    "aggregate": _aggregate,
+    "train": _train,
+    "embed": _embed,
+    "retrieve": _retrieve,
+    "rerank": _rerank,
+    "evaluate": _evaluate,
+    "publish": _publish,
+}
+
+
+def run_stage(stage: str, cfg: Config, run_date: dt.date) -> dict[str, Any]:
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    rd = RunDir(cfg, run_date)
+    if stage == "validate" and rd.root.exists():
+        # Re-running a date from the start replaces its outputs: no stale file from an
+        # earlier attempt (e.g. features/train after holdout_days became 0) survives.
+        shutil.rmtree(rd.root)
+    rd.init_manifest()
+    log.info("stage %s: start (date=%s run=%s dir=%s)", stage, run_date, rd.run_id, rd.root)
+    t0 = time.time()
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    try:
+        info = STAGES[stage](cfg, rd)
+    except Exception as e:
+        rd.record_stage(stage, {
+            "status": "failed", "error": f"{type(e).__name__}: {e}", "started_at": started,
+            "seconds": round(time.time() - t0, 1), "traceback": traceback.format_exc(limit=5),
+        })  # fmt: skip
+        log.error("stage %s: failed after %.1fs: %s", stage, time.time() - t0, e)
+        raise
+    info = {**info, "status": "ok", "started_at": started, "seconds": round(time.time() - t0, 1),
+            "config_fingerprint": cfg.fingerprint()}  # fmt: skip
+    rd.record_stage(stage, info)
+    log.info("stage %s: done in %.1fs", stage, info["seconds"])
+    return info
+
+
+def run_pipeline(
+    cfg: Config, run_date: dt.date, start: str | None = None, stop: str | None = None
+) -> dict[str, dict[str, Any]]:
+    names = list(STAGES)
+    a = names.index(start) if start else 0
+    b = names.index(stop) + 1 if stop else len(names)
+    if a >= b:
+        raise ValueError(f"--from {start} comes after --to {stop}")
+    results = {}
+    t0 = time.time()
+    for name in names[a:b]:
+        results[name] = run_stage(name, cfg, run_date)
+    log.info("pipeline: %s done in %.1fs (%s)", run_date, time.time() - t0, " ".join(names[a:b]))
+    return results

@@ -1,0 +1,1 @@
+"""Publishing slates to the database the site reads (see db.py for the protocol)."""

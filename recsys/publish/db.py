@@ -1,0 +1,417 @@
+"""The PostgreSQL contract (and its embedded SQLite twin): migrations, load, switch,
+retention, rollback, lookup.
+
+Every function here takes a SQLAlchemy Connection from its caller and never commits:
+the caller decides the transaction boundaries (see recsys.publish.publish). The
+publish protocol is
+  tx 1  apply_migrations (+ grant_reader)
+  tx 2  begin_run -> load_tables (COPY, primary key, ANALYZE) -> validate_loaded
+  tx 3  switch: lock the runs table, refuse to replace a newer date unless forced,
+        repoint the views, mark statuses (one short transaction)
+  tx 4  apply_retention (drop tables beyond the last N versions)
+A failure or kill before tx 3 commits leaves the previous homepage served untouched.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+
+
+class PublishError(RuntimeError):
+    """Publishing refused or failed; the previous homepage stays served."""
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url)
+
+        # pysqlite would autocommit DDL and defer BEGIN; take control so that CREATE VIEW
+        # and friends are transactional (the view switch must be atomic here too).
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_conn, _rec):  # type: ignore[no-untyped-def]
+            dbapi_conn.isolation_level = None
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            dbapi_conn.execute("PRAGMA busy_timeout=30000")
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn):  # type: ignore[no-untyped-def]
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+@dataclass(frozen=True)
+class Names:
+    """Object names per dialect (PostgreSQL schema 'homepage' vs SQLite prefix)."""
+
+    pg: bool
+
+    def q(self, name: str) -> str:
+        return f"homepage.{name}" if self.pg else f"homepage_{name}"
+
+    @property
+    def runs(self) -> str:
+        return self.q("runs")
+
+    @property
+    def current(self) -> str:
+        return self.q("current")
+
+    @property
+    def current_fallback(self) -> str:
+        return self.q("current_fallback")
+
+
+def names_for(conn: Connection) -> Names:
+    return Names(pg=conn.dialect.name == "postgresql")
+
+
+def _statements(sql: str) -> list[str]:
+    # PostgreSQL files may hold $$-quoted bodies with semicolons: psycopg2 runs a whole
+    # file at once, so only SQLite needs splitting (its files hold no such bodies).
+    return [s.strip() for s in re.split(r";\s*\n", sql) if s.strip()]
+
+
+def apply_migrations(conn: Connection) -> list[str]:
+    """Apply sql/<dialect>/NNN_*.sql not yet recorded; returns the versions applied."""
+    n = names_for(conn)
+    folder = SQL_DIR / ("postgres" if n.pg else "sqlite")
+    if n.pg:
+        conn.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS homepage")
+        # Serialise concurrent migrators (two publishes starting together).
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('homepage.migrations'))")
+    conn.exec_driver_sql(
+        f"CREATE TABLE IF NOT EXISTS {n.q('schema_migrations')} (version text PRIMARY KEY, applied_at text)"
+    )
+    done = {r[0] for r in conn.exec_driver_sql(f"SELECT version FROM {n.q('schema_migrations')}")}
+    applied = []
+    for f in sorted(folder.glob("*.sql")):
+        if f.stem in done:
+            continue
+        sql = f.read_text()
+        if n.pg:
+            conn.exec_driver_sql(sql)
+        else:
+            for stmt in _statements(sql):
+                conn.exec_driver_sql(stmt)
+        conn.execute(
+            text(f"INSERT INTO {n.q('schema_migrations')} (version, applied_at) VALUES (:v, :t)"),
+            {"v": f.stem, "t": dt.datetime.now(dt.UTC).isoformat()},
+        )
+        applied.append(f.stem)
+    return applied
+
+
+def grant_reader(conn: Connection, role: str) -> None:
+    """The site's read-only role may use only the views and the lookup function."""
+    if not names_for(conn).pg:
+        return
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", role):
+        raise PublishError(f"reader role name {role!r} must be a lower-case SQL identifier")
+    conn.exec_driver_sql(
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') "
+        f"THEN CREATE ROLE {role} NOLOGIN; END IF; END $$"
+    )
+    conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA homepage TO {role}")
+    conn.exec_driver_sql(f"GRANT SELECT ON homepage.current, homepage.current_fallback TO {role}")
+    conn.exec_driver_sql(f"GRANT EXECUTE ON FUNCTION homepage.get_homepage(text, text) TO {role}")
+
+
+def _safe(s: str) -> str:
+    return re.sub(r"[^a-z0-9_]", "_", s.lower())
+
+
+def begin_run(
+    conn: Connection, logical_date: dt.date, run_id: str, manifest: dict[str, Any], metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """Insert a 'loading' run row with fresh table names; returns the row's keys."""
+    n = names_for(conn)
+    if n.pg:
+        conn.exec_driver_sql("LOCK TABLE homepage.runs IN SHARE ROW EXCLUSIVE MODE")
+    version = (
+        conn.execute(
+            text(f"SELECT COALESCE(MAX(version), 0) FROM {n.runs} WHERE logical_date = :d AND run_id = :r"),
+            {"d": logical_date.isoformat(), "r": run_id},
+        ).scalar_one()
+        + 1
+    )
+    base = f"{logical_date.strftime('%Y%m%d')}_{_safe(run_id)}_v{version}"
+    row = {
+        "run_key": f"{logical_date.isoformat()}/{run_id}/v{version}",
+        "logical_date": logical_date.isoformat(),
+        "run_id": run_id,
+        "version": version,
+        "slates_table": n.q(f"slates_{base}"),
+        "fallback_table": n.q(f"fallback_{base}"),
+        "status": "loading",
+        "metrics": json.dumps(metrics, default=str),
+        "manifest": json.dumps(manifest, default=str),
+    }
+    _insert_run(conn, row)
+    return row
+
+
+def _insert_run(conn: Connection, row: dict[str, Any]) -> None:
+    n = names_for(conn)
+    js = "CAST(:{} AS jsonb)" if n.pg else ":{}"
+    conn.execute(
+        text(
+            f"INSERT INTO {n.runs} (run_key, logical_date, run_id, version, slates_table, fallback_table, "
+            "status, metrics, manifest, message) VALUES (:run_key, :logical_date, :run_id, :version, "
+            f":slates_table, :fallback_table, :status, {js.format('metrics')}, {js.format('manifest')}, :message)"
+        ),
+        {"message": None, **row},
+    )
+
+
+def record_failed(conn: Connection, run: dict[str, Any], message: str) -> None:
+    """After a load transaction rolled back: keep a 'failed' row so operators see it."""
+    _insert_run(conn, {**run, "status": "failed", "message": message[:2000]})
+
+
+def _copy_rows(conn: Connection, table: str, cols: tuple[str, str], rows: Iterable[tuple[str, str]]) -> int:
+    n = names_for(conn)
+    count = 0
+    if n.pg:
+        # COPY through the driver connection (psycopg2) inside the caller's transaction.
+        raw = conn.connection.driver_connection
+        cur = raw.cursor()
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        for r in rows:
+            w.writerow(r)
+            count += 1
+            if buf.tell() > 8 << 20:  # stream in ~8 MB chunks
+                buf.seek(0)
+                cur.copy_expert(f"COPY {table} ({cols[0]}, {cols[1]}) FROM STDIN WITH (FORMAT csv)", buf)
+                buf = io.StringIO()
+                w = csv.writer(buf)
+        buf.seek(0)
+        cur.copy_expert(f"COPY {table} ({cols[0]}, {cols[1]}) FROM STDIN WITH (FORMAT csv)", buf)
+        return count
+    batch: list[dict[str, str]] = []
+    stmt = text(f"INSERT INTO {table} ({cols[0]}, {cols[1]}) VALUES (:a, :b)")
+    for a, b in rows:
+        batch.append({"a": a, "b": b})
+        count += 1
+        if len(batch) >= 5000:
+            conn.execute(stmt, batch)
+            batch = []
+    if batch:
+        conn.execute(stmt, batch)
+    return count
+
+
+def load_tables(
+    conn: Connection, run: dict[str, Any], slates: Iterable[tuple[str, str]], fallbacks: Iterable[tuple[str, str]]
+) -> dict[str, int]:
+    """Create the run's two tables, bulk-load them, then build keys and statistics
+    (after the load: building a primary key once is faster than maintaining it)."""
+    n = names_for(conn)
+    js = "jsonb" if n.pg else "TEXT"
+    st, ft = run["slates_table"], run["fallback_table"]
+    conn.exec_driver_sql(f"CREATE TABLE {st} (user_id text NOT NULL, sections {js} NOT NULL)")
+    conn.exec_driver_sql(f"CREATE TABLE {ft} (segment text NOT NULL, sections {js} NOT NULL)")
+    users = _copy_rows(conn, st, ("user_id", "sections"), slates)
+    segs = _copy_rows(conn, ft, ("segment", "sections"), fallbacks)
+    if n.pg:
+        conn.exec_driver_sql(f"ALTER TABLE {st} ADD PRIMARY KEY (user_id)")
+        conn.exec_driver_sql(f"ALTER TABLE {ft} ADD PRIMARY KEY (segment)")
+        conn.exec_driver_sql(f"ANALYZE {st}")
+        conn.exec_driver_sql(f"ANALYZE {ft}")
+    else:
+        conn.exec_driver_sql(f"CREATE UNIQUE INDEX {st}_pk ON {st} (user_id)")
+        conn.exec_driver_sql(f"CREATE UNIQUE INDEX {ft}_pk ON {ft} (segment)")
+        conn.exec_driver_sql(f"ANALYZE {st}")
+    return {"users": users, "segments": segs}
+
+
+def current_published(conn: Connection) -> dict[str, Any] | None:
+    n = names_for(conn)
+    row = (
+        conn.execute(
+            text(
+                f"SELECT run_key, logical_date, users, slates_table, fallback_table FROM {n.runs} "
+                "WHERE status = 'published' ORDER BY published_at DESC, run_key DESC LIMIT 1"
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return dict(row) if row else None
+
+
+def validate_loaded(conn: Connection, run: dict[str, Any], expected: dict[str, int], min_ratio: float) -> None:
+    """Counts in the tables equal what was sent; not a collapse vs the live homepage."""
+    users = conn.execute(text(f"SELECT COUNT(*) FROM {run['slates_table']}")).scalar_one()
+    segs = conn.execute(text(f"SELECT COUNT(*) FROM {run['fallback_table']}")).scalar_one()
+    if users != expected["users"] or segs != expected["segments"]:
+        raise PublishError(f"loaded {users} users / {segs} segments, expected {expected}")
+    if (
+        segs == 0
+        or conn.execute(text(f"SELECT COUNT(*) FROM {run['fallback_table']} WHERE segment = 'all'")).scalar_one() != 1
+    ):
+        raise PublishError("the fallback table has no 'all' segment: users without history would see nothing")
+    live = current_published(conn)
+    if live and live["users"] and users < min_ratio * live["users"]:
+        raise PublishError(
+            f"{users} users is below {min_ratio:.0%} of the live homepage's {live['users']} "
+            f"(publish.min_users_ratio_vs_previous); refusing to publish a collapsed run"
+        )
+    n = names_for(conn)
+    conn.execute(
+        text(f"UPDATE {n.runs} SET status = 'loaded', users = :u, segments = :s WHERE run_key = :k"),
+        {"u": users, "s": segs, "k": run["run_key"]},
+    )
+
+
+def _point_views(conn: Connection, run_key: str, slates_table: str, fallback_table: str) -> None:
+    n = names_for(conn)
+    key = run_key.replace("'", "''")
+    if n.pg:
+        conn.exec_driver_sql(
+            f"CREATE OR REPLACE VIEW {n.current} AS SELECT user_id, sections, '{key}'::text AS run_key FROM {slates_table}"
+        )
+        conn.exec_driver_sql(
+            f"CREATE OR REPLACE VIEW {n.current_fallback} AS "
+            f"SELECT segment, sections, '{key}'::text AS run_key FROM {fallback_table}"
+        )
+    else:
+        conn.exec_driver_sql(f"DROP VIEW IF EXISTS {n.current}")
+        conn.exec_driver_sql(
+            f"CREATE VIEW {n.current} AS SELECT user_id, sections, '{key}' AS run_key FROM {slates_table}"
+        )
+        conn.exec_driver_sql(f"DROP VIEW IF EXISTS {n.current_fallback}")
+        conn.exec_driver_sql(
+            f"CREATE VIEW {n.current_fallback} AS SELECT segment, sections, '{key}' AS run_key FROM {fallback_table}"
+        )
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
+def switch(conn: Connection, run: dict[str, Any], force: bool = False) -> tuple[bool, str]:
+    """Make run the served homepage, unless a newer logical date is live (backfill
+    guard) and force is off. Returns (switched, message)."""
+    n = names_for(conn)
+    if n.pg:
+        conn.exec_driver_sql("LOCK TABLE homepage.runs IN SHARE ROW EXCLUSIVE MODE")
+    live = current_published(conn)
+    if live and str(live["logical_date"]) > run["logical_date"] and not force:
+        msg = (
+            f"not switched: the live homepage is for {live['logical_date']} ({live['run_key']}), newer than "
+            f"{run['logical_date']}; the tables are kept for rollback (set publish.force to replace it)"
+        )
+        conn.execute(text(f"UPDATE {n.runs} SET message = :m WHERE run_key = :k"), {"m": msg, "k": run["run_key"]})
+        return False, msg
+    _point_views(conn, run["run_key"], run["slates_table"], run["fallback_table"])
+    conn.execute(text(f"UPDATE {n.runs} SET status = 'superseded' WHERE status = 'published'"))
+    conn.execute(
+        text(f"UPDATE {n.runs} SET status = 'published', published_at = :t, message = :m WHERE run_key = :k"),
+        {"t": _now(), "m": "published" + (" (forced)" if force and live else ""), "k": run["run_key"]},
+    )
+    return True, f"published {run['run_key']}"
+
+
+def apply_retention(conn: Connection, keep: int) -> list[str]:
+    """Drop the tables of versions beyond the newest `keep` loaded ones; never the live
+    one. Failed loads never created tables that survive (their transaction rolled back)."""
+    n = names_for(conn)
+    rows = (
+        conn.execute(
+            text(
+                f"SELECT run_key, status, slates_table, fallback_table FROM {n.runs} "
+                "WHERE status IN ('published', 'superseded', 'loaded') "
+                "ORDER BY logical_date DESC, version DESC"
+            )
+        )
+        .mappings()
+        .all()
+    )
+    kept, dropped = 0, []
+    for r in rows:
+        if r["status"] == "published" or kept < keep:
+            kept += 1
+            continue
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {r['slates_table']}")
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {r['fallback_table']}")
+        conn.execute(text(f"UPDATE {n.runs} SET status = 'dropped' WHERE run_key = :k"), {"k": r["run_key"]})
+        dropped.append(r["run_key"])
+    return dropped
+
+
+def rollback(conn: Connection, run_key: str) -> str:
+    """Serve a kept earlier version again (instant: a view switch, no reload)."""
+    n = names_for(conn)
+    if n.pg:
+        conn.exec_driver_sql("LOCK TABLE homepage.runs IN SHARE ROW EXCLUSIVE MODE")
+    row = conn.execute(text(f"SELECT * FROM {n.runs} WHERE run_key = :k"), {"k": run_key}).mappings().first()
+    if row is None:
+        raise PublishError(f"no run {run_key!r} in {n.runs}")
+    if row["status"] not in ("superseded", "loaded", "published"):
+        raise PublishError(f"run {run_key} has status {row['status']}: its tables are gone or never loaded")
+    run = dict(row)
+    run["logical_date"] = str(run["logical_date"])
+    _point_views(conn, run_key, run["slates_table"], run["fallback_table"])
+    conn.execute(text(f"UPDATE {n.runs} SET status = 'superseded' WHERE status = 'published'"))
+    conn.execute(
+        text(
+            f"UPDATE {n.runs} SET status = 'published', published_at = :t, message = 'rolled back to' WHERE run_key = :k"
+        ),
+        {"t": _now(), "k": run_key},
+    )
+    return f"serving {run_key}"
+
+
+def get_homepage(conn: Connection, user_id: str, segment: str = "all") -> dict[str, Any] | None:
+    """The site's lookup: personal homepage, else the segment's, else 'all'."""
+    n = names_for(conn)
+    if n.pg:
+        v = conn.execute(text("SELECT homepage.get_homepage(:u, :s)"), {"u": user_id, "s": segment}).scalar_one()
+        return v
+    r = conn.execute(text(f"SELECT sections, run_key FROM {n.current} WHERE user_id = :u"), {"u": user_id}).first()
+    if r is not None:
+        return {"user_id": user_id, "kind": "personal", "run_key": r[1], "sections": json.loads(r[0])}
+    for seg in (segment, "all"):
+        r = conn.execute(
+            text(f"SELECT sections, run_key FROM {n.current_fallback} WHERE segment = :s"), {"s": seg}
+        ).first()
+        if r is not None:
+            return {
+                "user_id": user_id,
+                "kind": "segment",
+                "segment": seg,
+                "run_key": r[1],
+                "sections": json.loads(r[0]),
+            }
+    return None
+
+
+def list_runs(conn: Connection, limit: int = 20) -> list[dict[str, Any]]:
+    n = names_for(conn)
+    rows = (
+        conn.execute(
+            text(
+                f"SELECT run_key, logical_date, status, users, segments, published_at, message FROM {n.runs} "
+                "ORDER BY created_at DESC, run_key DESC LIMIT :l"
+            ),
+            {"l": limit},
+        )
+        .mappings()
+        .all()
+    )
+    return [dict(r) for r in rows]

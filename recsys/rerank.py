@@ -1,0 +1,348 @@
+"""Re-rank candidates into a homepage: diversified, capped, sectioned, explained.
+
+Per user, in the configured section order, each section draws from its own candidate
+pool and skips items already placed in an earlier section (no duplicates on a page):
+- top_picks:          blended candidates, diversified with MMR (or greedy DPP)
+- because_you_viewed: what followed the most recent anchor item (co-visitation)
+- trending:           trending in the user's top category
+- new_for_you:        new arrivals ranked by the user vector (cold-start items)
+- discover:           long-tail items (popularity beyond the configured quantile)
+                      from the two-tower candidates: the long-tail exposure quota
+Every section applies the category cap. Every slot carries its source, score and reason.
+Users without enough history are served a segment fallback homepage built here too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recsys.config import Config
+from recsys.retrieve import Context, load_context
+from recsys.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+# ---- diversification (plain functions over arrays) ------------------------------------
+def _normalise(x: np.ndarray) -> np.ndarray:
+    if len(x) == 0:
+        return x
+    lo, hi = float(x.min()), float(x.max())
+    return np.ones_like(x) if hi - lo < 1e-12 else (x - lo) / (hi - lo)
+
+
+def mmr_select(
+    rel: np.ndarray, vecs: np.ndarray, k: int, lam: float, cats: np.ndarray | None = None, cap: int | None = None
+) -> list[int]:
+    """Maximal marginal relevance: pick argmax lam*rel_i - (1-lam)*max_{j in S} sim(i,j).
+
+    rel [n] (min-max normalised inside), vecs [n, d] unit vectors, cats [n] labels for
+    the cap (at most `cap` picks per label). Returns picked positions in order.
+    """
+    n = len(rel)
+    r = _normalise(np.asarray(rel, dtype=np.float64))
+    sim_max = np.full(n, 0.0)
+    picked: list[int] = []
+    alive = np.ones(n, dtype=bool)
+    counts: dict[Any, int] = {}
+    while len(picked) < k and alive.any():
+        gain = lam * r - (1.0 - lam) * (sim_max if picked else 0.0)
+        gain = np.where(alive, gain, -np.inf)
+        i = int(np.argmax(gain))
+        alive[i] = False
+        if cats is not None and cap is not None and counts.get(cats[i], 0) >= cap:
+            continue
+        picked.append(i)
+        if cats is not None:
+            counts[cats[i]] = counts.get(cats[i], 0) + 1
+        sim_max = np.maximum(sim_max, vecs @ vecs[i])
+    return picked
+
+
+def dpp_select(
+    rel: np.ndarray, vecs: np.ndarray, k: int, theta: float, cats: np.ndarray | None = None, cap: int | None = None
+) -> list[int]:
+    """Fast greedy MAP for a DPP (Chen, Zhang, Zhou 2018) with kernel
+    L = diag(q) S diag(q), q_i = exp(alpha * rel_i), S = vecs vecs^T (PSD, unit diag),
+    alpha = theta / (2 (1 - theta)) so theta plays the role of MMR's lambda.
+    Incremental Cholesky: O(n k^2). Returns picked positions in order."""
+    n = len(rel)
+    if n == 0 or k <= 0:
+        return []
+    theta = min(max(theta, 0.0), 0.99)
+    alpha = theta / (2.0 * (1.0 - theta))
+    q = np.exp(alpha * _normalise(np.asarray(rel, dtype=np.float64)))
+    S = vecs.astype(np.float64) @ vecs.astype(np.float64).T
+    L = q[:, None] * S * q[None, :]
+    cis = np.zeros((k, n))
+    d2 = np.diag(L).copy()
+    alive = np.ones(n, dtype=bool)
+    picked: list[int] = []
+    counts: dict[Any, int] = {}
+    while len(picked) < k:
+        cand = np.where(alive, d2, -np.inf)
+        j = int(np.argmax(cand))
+        if not np.isfinite(cand[j]) or cand[j] <= 1e-10:
+            break
+        alive[j] = False
+        if cats is not None and cap is not None and counts.get(cats[j], 0) >= cap:
+            continue
+        m = len(picked)
+        ej = (L[j] - cis[:m].T @ cis[:m, j]) / np.sqrt(d2[j])
+        cis[m] = ej
+        d2 = d2 - ej**2
+        picked.append(j)
+        if cats is not None:
+            counts[cats[j]] = counts.get(cats[j], 0) + 1
+    return picked
+
+
+# ---- sections -------------------------------------------------------------------------
+REASONS: dict[str, Callable[[str], str]] = {
+    "two_tower": lambda a: "Picked for your interests",
+    "covisitation": lambda a: f"Often viewed after {a}",
+    "trending": lambda a: f"Trending in {a}",
+    "new_arrivals": lambda a: "New arrival that matches your interests",
+    "popularity": lambda a: "Popular right now",
+}
+
+
+def leaf(category: str) -> str:
+    return category.split(">")[-1].strip() if category else ""
+
+
+class SectionBuilder:
+    def __init__(self, cfg: Config, ctx: Context) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        rc = cfg.rerank
+        self.k_cap = rc.category_cap
+        pop = ctx.item_stats["pop_score"].to_numpy(np.float64)
+        # Long tail: popularity rank beyond the quantile among items (zero-pop included).
+        rank = np.empty(len(pop), dtype=np.int64)
+        rank[np.lexsort((np.arange(len(pop)), -pop))] = np.arange(len(pop))
+        self.long_tail = rank >= int(len(pop) * rc.long_tail_quantile)
+        self.row_of = {x: i for i, x in enumerate(ctx.catalog.ids)}
+        self.vecs = ctx.item_vecs if ctx.item_vecs is not None else np.eye(len(pop), 1, dtype=np.float32)
+
+    def title(self, item_id: str) -> str:
+        r = self.row_of.get(item_id)
+        return str(self.ctx.catalog.title[r]) if r is not None else item_id
+
+    def _diversify(self, rows: np.ndarray, rel: np.ndarray, k: int) -> list[int]:
+        rc = self.cfg.rerank
+        cats = self.ctx.catalog.category[rows]
+        v = self.vecs[rows]
+        if rc.method == "dpp":
+            return dpp_select(rel, v, k, rc.mmr_lambda, cats, self.k_cap)
+        return mmr_select(rel, v, k, rc.mmr_lambda, cats, self.k_cap)
+
+    def _slots(self, df: pd.DataFrame, picks: list[int], reason: Callable[[pd.Series], str]) -> list[dict[str, Any]]:
+        out = []
+        for p in picks:
+            r = df.iloc[p]
+            out.append({
+                "item_id": str(r["item_id"]),
+                "score": round(float(r["score"]), 6),
+                "source": str(r["source"]),
+                "reason": reason(r),
+                **({"anchor": str(r["anchor"])} if r.get("anchor") else {}),
+            })  # fmt: skip
+        return out
+
+    def _pool(self, df: pd.DataFrame, used: set[str]) -> pd.DataFrame:
+        return df[~df["item_id"].isin(used)].reset_index(drop=True)
+
+    def build(self, user: str, ranked: pd.DataFrame, by_source: pd.DataFrame) -> list[dict[str, Any]]:
+        """ranked: this user's blended rows; by_source: this user's per-source rows."""
+        used: set[str] = set()
+        sections: list[dict[str, Any]] = []
+        src = {s: g.sort_values("source_rank") for s, g in by_source.groupby("source")}
+        empty = by_source.iloc[0:0]
+        for spec in self.cfg.rerank.sections:
+            items: list[dict[str, Any]] = []
+            title = spec.title
+            if spec.key == "top_picks":
+                pool = self._pool(ranked, used)
+                picks = self._diversify(self._rows(pool), pool["score"].to_numpy(), spec.size)
+                items = self._slots(pool, picks, self._reason)
+            elif spec.key == "because_you_viewed":
+                pool = self._pool(src.get("covisitation", empty), used)
+                if len(pool):
+                    # The most recent anchor that still has unused follow-ups.
+                    hist = [str(self.ctx.catalog.ids[i]) for i in self.ctx.history(user)[::-1]]
+                    anchors = set(pool["anchor"])
+                    anchor = next((a for a in hist if a in anchors), pool["anchor"].iloc[0])
+                    pool = pool[pool["anchor"] == anchor].reset_index(drop=True)
+                    picks = self._diversify(self._rows(pool), pool["score"].to_numpy(), spec.size)
+                    name = self.title(anchor)
+                    items = self._slots(pool, picks, lambda r, n=name: f"Because you viewed {n}")
+                    title = spec.title.format(anchor=name)
+            elif spec.key == "trending":
+                pool = self._pool(src.get("trending", empty), used)
+                if len(pool):
+                    cat = pool["anchor"].iloc[0]
+                    pool = pool[pool["anchor"] == cat].reset_index(drop=True)
+                    picks = list(range(min(spec.size, len(pool))))  # one category: no cap
+                    cat_name = leaf(cat)
+                    items = self._slots(pool, picks, lambda r, c=cat_name: f"Trending in {c}")
+                    title = spec.title.format(category=cat_name)
+            elif spec.key == "new_for_you":
+                pool = self._pool(src.get("new_arrivals", empty), used)
+                picks = self._diversify(self._rows(pool), pool["score"].to_numpy(), spec.size)
+                items = self._slots(pool, picks, lambda r: "New arrival that matches your interests")
+            elif spec.key == "discover":
+                pool = self._pool(src.get("two_tower", empty), used)
+                pool = pool[self.long_tail[self._rows(pool)]].reset_index(drop=True) if len(pool) else pool
+                picks = self._diversify(self._rows(pool), pool["score"].to_numpy(), spec.size)
+                items = self._slots(pool, picks, lambda r: "Off the beaten track: fewer people have found this yet")
+            if items:
+                used.update(s["item_id"] for s in items)
+                sections.append({"key": spec.key, "title": title, "items": items})
+        return sections
+
+    def _rows(self, df: pd.DataFrame) -> np.ndarray:
+        return np.array([self.row_of[x] for x in df["item_id"]], dtype=np.int64)
+
+    def _reason(self, r: pd.Series) -> str:
+        src = str(r["source"])
+        anchor = str(r.get("anchor") or "")
+        if src == "covisitation":
+            anchor = self.title(anchor)
+        elif src == "trending":
+            anchor = leaf(anchor)
+        return REASONS.get(src, lambda a: "Recommended for you")(anchor)
+
+
+def build_fallbacks(cfg: Config, ctx: Context) -> dict[str, list[dict[str, Any]]]:
+    """Segment homepages: 'all' plus one per top-level category ('cat:<name>')."""
+    stats = ctx.item_stats
+    ok = ctx.servable
+    pop = stats["pop_score"].to_numpy(np.float64)
+    trend = stats["trend_score"].to_numpy(np.float64)
+    top_level = np.array([c.split(">")[0].strip() if c else "" for c in ctx.catalog.category], dtype=object)
+    new_start = np.datetime64(ctx.cutoff, "us") - np.timedelta64(cfg.retrieve.new_item_days, "D")
+    is_new = ctx.catalog.created_at >= new_start
+    size = max(s.size for s in cfg.rerank.sections)
+    segments = {"all": np.ones(len(pop), dtype=bool)}
+    for c in sorted(set(top_level) - {""}):
+        segments[f"cat:{c}"] = top_level == c
+
+    def ranked(mask: np.ndarray, score: np.ndarray, used: set[int], n: int, cap: int | None) -> list[int]:
+        rows = np.flatnonzero(mask & ok & (score > 0))
+        rows = rows[np.lexsort((rows, -score[rows]))]
+        out, counts = [], {}
+        for r in rows:
+            if int(r) in used:
+                continue
+            c = ctx.catalog.category[r]
+            if cap is not None and counts.get(c, 0) >= cap:
+                continue
+            out.append(int(r))
+            counts[c] = counts.get(c, 0) + 1
+            if len(out) >= n:
+                break
+        used.update(out)
+        return out
+
+    def slots(rows: list[int], score: np.ndarray, source: str, reason: str) -> list[dict[str, Any]]:
+        return [
+            {"item_id": str(ctx.catalog.ids[r]), "score": round(float(score[r]), 6), "source": source, "reason": reason}
+            for r in rows
+        ]
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    created_score = (ctx.catalog.created_at - np.datetime64(0, "us")).astype(np.float64)
+    for seg, mask in segments.items():
+        used: set[int] = set()
+        label = "the whole shop" if seg == "all" else seg[4:]
+        secs = []
+        p = ranked(mask, pop, used, size, cfg.rerank.category_cap)
+        if p:
+            secs.append({"key": "popular", "title": "Popular right now", "items": slots(p, pop, "popularity", "Popular right now")})  # fmt: skip
+        t = ranked(mask, trend, used, size, cfg.rerank.category_cap)
+        if t:
+            secs.append({"key": "trending", "title": f"Trending in {label}", "items": slots(t, trend, "trending", f"Trending in {label}")})  # fmt: skip
+        n = ranked(mask & is_new, created_score - created_score.min() + 1.0, used, size, cfg.rerank.category_cap)
+        if n:
+            secs.append({"key": "new_arrivals", "title": "New arrivals", "items": slots(n, np.ones(len(pop)), "new_arrivals", "Just arrived")})  # fmt: skip
+        if secs:
+            out[seg] = secs
+    return out
+
+
+def run_rerank(cfg: Config, rd: RunDir) -> dict[str, Any]:
+    t0 = time.time()
+    ctx = load_context(cfg, rd, "full")
+    by_source = pd.read_parquet(rd.require("candidates", "by_source.parquet"))
+    ranked = pd.read_parquet(rd.require("candidates", "ranked.parquet"))
+    slates = build_slates(cfg, ctx, ranked, by_source)
+    fallbacks = build_fallbacks(cfg, ctx)
+    out = rd.path("slates")
+    out.mkdir(parents=True, exist_ok=True)
+    write_slates(slates, fallbacks, out)
+    n_items = [sum(len(s["items"]) for s in secs) for secs in slates.values()]
+    info = {
+        "users": len(slates),
+        "fallback_segments": len(fallbacks),
+        "items_per_page_mean": round(float(np.mean(n_items)), 2) if n_items else 0.0,
+        "sections_per_page_mean": round(float(np.mean([len(v) for v in slates.values()])), 2) if slates else 0.0,
+        "method": cfg.rerank.method,
+        "seconds": round(time.time() - t0, 1),
+    }
+    log.info("rerank: %s", info)
+    return info
+
+
+def build_slates(
+    cfg: Config, ctx: Context, ranked: pd.DataFrame, by_source: pd.DataFrame, progress_every: int = 2000
+) -> dict[str, list[dict[str, Any]]]:
+    """user_id -> sections, for every user with at least events.min_history items."""
+    builder = SectionBuilder(cfg, ctx)
+    lengths = ctx.seqs.lengths()
+    eligible = {u for u, r in ctx.user_row.items() if lengths[r] >= cfg.events.min_history}
+    r_groups = {u: g for u, g in ranked.groupby("user_id", sort=True)}
+    s_groups = {u: g for u, g in by_source.groupby("user_id", sort=True)}
+    empty_r, empty_s = ranked.iloc[0:0], by_source.iloc[0:0]
+    slates: dict[str, list[dict[str, Any]]] = {}
+    t0 = time.time()
+    users = sorted(eligible)
+    for i, u in enumerate(users, 1):
+        secs = builder.build(u, r_groups.get(u, empty_r), s_groups.get(u, empty_s))
+        if secs:
+            slates[u] = secs
+        if i % progress_every == 0:
+            log.info("rerank: %d/%d users (%.0f users/s)", i, len(users), i / (time.time() - t0))
+    return slates
+
+
+def write_slates(slates: dict[str, list[dict[str, Any]]], fallbacks: dict[str, list[dict[str, Any]]], out) -> None:  # type: ignore[no-untyped-def]
+    users = sorted(slates)
+    pd.DataFrame(
+        {"user_id": users, "sections": [json.dumps(slates[u], separators=(",", ":")) for u in users]}
+    ).to_parquet(out / "slates.parquet", index=False)
+    segs = sorted(fallbacks)
+    pd.DataFrame(
+        {"segment": segs, "sections": [json.dumps(fallbacks[s], separators=(",", ":")) for s in segs]}
+    ).to_parquet(out / "fallback.parquet", index=False)
+    flat = [
+        (u, sec["key"], pos, it["item_id"], it["score"], it["source"], it["reason"])
+        for u in users
+        for sec in slates[u]
+        for pos, it in enumerate(sec["items"], 1)
+    ]
+    pd.DataFrame(flat, columns=["user_id", "section", "position", "item_id", "score", "source", "reason"]).to_parquet(
+        out / "slate_items.parquet", index=False
+    )
+
+
+def flatten(sections: list[dict[str, Any]]) -> list[str]:
+    """A page's item ids in reading order (section by section)."""
+    return [it["item_id"] for s in sections for it in s["items"]]

@@ -1,0 +1,41 @@
+import datetime as dt
+
+import pyarrow.parquet as pq
+
+from recsys.contract import CATALOG_COLUMNS
+from recsys.data.synthetic import SyntheticSpec, generate
+
+SPEC = SyntheticSpec(n_users=60, n_items=50, days=6, end_date=dt.date(2026, 11, 21), seed=1,
+                     corrupt_rate=0.02, bot_users=1, bot_events_per_day=30)  # fmt: skip
+
+
+def read(root, kind, day):
+    return pq.read_table(root / kind / f"dt={day}").to_pandas()
+
+
+def test_contract_layout_and_determinism(tmp_path):
+    a = generate(tmp_path / "a", SPEC)
+    b = generate(tmp_path / "b", SPEC)
+    assert a == b
+    days = sorted(p.name for p in (tmp_path / "a" / "events").iterdir())
+    assert days[0] == "dt=2026-11-16" and days[-1] == "dt=2026-11-21" and len(days) == 6
+    ea, eb = read(tmp_path / "a", "events", "2026-11-18"), read(tmp_path / "b", "events", "2026-11-18")
+    assert ea.equals(eb)
+    assert list(ea.columns) == ["user_id", "item_id", "event_type", "ts", "session_id"]
+    cat = read(tmp_path / "a", "catalog", "2026-11-21")
+    assert list(cat.columns) == CATALOG_COLUMNS
+    assert cat["title"].str.len().min() > 5 and cat["category"].str.contains(">").all()
+
+
+def test_cold_start_items_and_funnel(tmp_path):
+    generate(tmp_path, SPEC)
+    first = set(read(tmp_path, "catalog", "2026-11-16")["item_id"])
+    last = read(tmp_path, "catalog", "2026-11-21")
+    assert len(last) > len(first)  # new items appear on later days
+    new = last[~last["item_id"].isin(first)]
+    assert (new["created_at"].dt.date > dt.date(2026, 11, 16)).all()
+    ev = read(tmp_path, "events", "2026-11-20")
+    counts = ev["event_type"].value_counts()
+    assert counts["view"] > counts.get("click", 0) > counts.get("add_to_cart", 0) >= counts.get("purchase", 0)
+    # the injected bad rows are there for validation to find
+    assert ev["user_id"].isna().any() or read(tmp_path, "events", "2026-11-19")["user_id"].isna().any()

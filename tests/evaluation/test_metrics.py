@@ -1,0 +1,51 @@
+"""Hand-checked metric values."""
+
+import math
+
+import numpy as np
+import pytest
+
+from recsys.evaluation.metrics import (
+    catalog_coverage,
+    hit_rate_at_k,
+    intra_list_diversity,
+    mean_metrics,
+    ndcg_at_k,
+    recall_at_k,
+)
+
+
+def test_recall_normalised_by_min_targets_k():
+    ranked = ["a", "b", "c", "d"]
+    assert recall_at_k(ranked, {"b", "d", "z"}, 2) == 0.5  # 1 hit of min(3, 2)
+    assert recall_at_k(ranked, {"b", "d", "z"}, 4) == pytest.approx(2 / 3)
+    assert recall_at_k(ranked, {"a", "b", "c"}, 2) == 1.0  # perfect list, more targets than k
+
+
+def test_ndcg_by_hand():
+    # hit at rank 2 only: DCG = 1/log2(3); IDCG (1 target) = 1/log2(2) = 1
+    assert ndcg_at_k(["x", "t"], {"t"}, 2) == pytest.approx(1 / math.log2(3))
+    # hits at ranks 1 and 3 with 2 targets: (1 + 1/2) / (1 + 1/log2(3))
+    assert ndcg_at_k(["t1", "x", "t2"], {"t1", "t2"}, 3) == pytest.approx(1.5 / (1 + 1 / math.log2(3)))
+    assert ndcg_at_k(["t1", "t2"], {"t1", "t2"}, 2) == pytest.approx(1.0)
+
+
+def test_hit_rate_and_empty_targets():
+    assert hit_rate_at_k(["a", "b"], {"b"}, 1) == 0.0
+    assert hit_rate_at_k(["a", "b"], {"b"}, 2) == 1.0
+    with pytest.raises(ValueError):
+        recall_at_k(["a"], set(), 1)
+
+
+def test_mean_metrics_counts_missing_lists_as_zero():
+    m = mean_metrics({"u1": ["a"]}, {"u1": {"a"}, "u2": {"b"}, "u3": set()}, [1])
+    assert m["recall@1"] == 0.5  # u2 has no list: a miss; u3 has no targets: skipped
+    assert m["users"] == 2.0
+
+
+def test_coverage_and_diversity():
+    assert catalog_coverage({"u": ["a", "b"], "v": ["b", "c"]}, 10, 2) == 0.3
+    vec = {"a": [1.0, 0.0], "b": [0.0, 1.0], "c": [1.0, 0.0]}
+    assert intra_list_diversity(vec, ["a", "b"], 2) == pytest.approx(1.0)
+    assert intra_list_diversity(vec, ["a", "c"], 2) == pytest.approx(0.0)
+    assert np.isnan(intra_list_diversity(vec, ["a"], 2))

@@ -1,0 +1,128 @@
+"""Spark transforms on tiny hand-made DataFrames, asserting exact output."""
+
+import datetime as dt
+
+import pytest
+
+from recsys.aggregate import (
+    covisitation,
+    exclusions,
+    holdout,
+    interactions,
+    item_stats,
+    sequences,
+    validate_catalog,
+    validate_events,
+)
+
+pytestmark = pytest.mark.spark
+D = dt.date(2026, 11, 22)
+TYPES = ["add_to_cart", "click", "purchase", "rate", "view"]
+WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0, "rate": 4.0}
+
+
+def raw_events(spark, rows):
+    cols = ["user_id", "item_id", "event_type", "ts", "session_id", "value", "_corrupt", "dt", "source_file"]
+    return spark.createDataFrame(rows, ",".join(f"{c} string" for c in cols))
+
+
+def ts(s):
+    return dt.datetime.fromisoformat(s)
+
+
+def test_validate_events_reasons(spark):
+    cat = spark.createDataFrame([("i1",), ("i2",)], "item_id string")
+    rows = [
+        ("u1", "i1", "view", "2026-11-20T10:00:00Z", "s", None, None, "2026-11-20", "f1"),
+        ("u1", "i1", "VIEW", "2026-11-20T10:00:00Z", "s", None, None, "2026-11-20", "f2"),  # duplicate (case-folded)
+        ("u1", "i2", "click", "1763632800", "s", None, None, "2026-11-20", "f1"),  # epoch seconds
+        (None, "i1", "view", "2026-11-20T10:00:00Z", "s", None, None, "2026-11-20", "f1"),
+        ("u2", "i9", "view", "2026-11-20T10:00:00Z", "s", None, None, "2026-11-20", "f1"),
+        ("u2", "i1", "teleport", "2026-11-20T10:00:00Z", "s", None, None, "2026-11-20", "f1"),
+        ("u2", "i1", "view", "not a time", "s", None, None, "2026-11-20", "f1"),
+        ("u2", "i1", "view", "2026-11-22T00:00:00Z", "s", None, None, "2026-11-21", "f1"),  # future for D
+        ("u2", "i1", "rate", "2026-11-20T10:00:00Z", "s", "five", None, "2026-11-20", "f1"),
+        (None, None, None, None, None, None, "{broken json", "2026-11-20", "f1"),
+    ] + [("bot", "i1", "view", f"2026-11-19T10:00:{s:02d}Z", "b", None, None, "2026-11-19", "f1") for s in range(4)]
+    clean, q = validate_events(raw_events(spark, rows), cat, D, TYPES, bot_max_events_per_day=3)
+    got = sorted((r.user_id, r.item_id, r.event_type, r.ts) for r in clean.collect())
+    assert got == [("u1", "i1", "view", ts("2026-11-20T10:00:00")), ("u1", "i2", "click", ts("2025-11-20T10:00:00"))]
+    reasons = sorted(r.reason for r in q.collect())
+    assert reasons == sorted(
+        ["duplicate", "missing_user_id", "unknown_item", "unknown_event_type", "bad_timestamp",
+         "future_timestamp", "bad_value", "unparseable_row"] + ["bot_like_user"] * 4
+    )  # fmt: skip
+    assert clean.count() + q.count() == len(rows)  # nothing lost
+
+
+def test_validate_catalog(spark):
+    cols = ["item_id", "title", "category", "brand", "description", "price", "available", "created_at",
+            "_corrupt", "dt", "source_file"]  # fmt: skip
+    rows = [
+        ("i1", "Knife", "Kitchen>Knives", "Acme", "sharp", "9.5", "false", "2026-11-01T00:00:00Z", None, "d", "f"),
+        ("i1", "Knife again", None, None, None, None, None, None, None, "d", "g"),
+        ("i2", "Board", None, None, None, None, None, None, None, "d", "f"),
+        ("i3", None, None, None, None, None, None, None, None, "d", "f"),
+        ("i4", "Pan", None, None, None, "cheap", None, None, None, "d", "f"),
+    ]
+    df = spark.createDataFrame(rows, ",".join(f"{c} string" for c in cols))
+    clean, q = validate_catalog(df)
+    got = {r.item_id: (r.title, r.category, r.price, r.available) for r in clean.collect()}
+    assert got == {"i1": ("Knife", "Kitchen>Knives", 9.5, False), "i2": ("Board", "", None, True)}
+    assert sorted(r.reason for r in q.collect()) == ["bad_price", "duplicate_item_id", "missing_title"]
+
+
+def clean_events(spark, rows):
+    return spark.createDataFrame(
+        [(u, i, t, ts(x), None, v, "d") for u, i, t, x, v in rows],
+        "user_id string, item_id string, event_type string, ts timestamp, session_id string, value double, dt string",
+    )
+
+
+def test_sequences_collapse_repeats_and_keep_strongest(spark):
+    ev = clean_events(spark, [
+        ("u1", "a", "view", "2026-11-01T10:00:00", None),
+        ("u1", "a", "purchase", "2026-11-01T10:01:00", None),
+        ("u1", "b", "view", "2026-11-01T10:02:00", None),
+        ("u1", "a", "view", "2026-11-01T10:03:00", None),
+        ("u1", "c", "rate", "2026-11-01T10:04:00", 1.0),  # below min rating: not positive
+        ("u1", "z", "view", "2026-11-25T10:00:00", None),  # after the cutoff
+    ])  # fmt: skip
+    inter = interactions(ev, WEIGHTS, min_rating_positive=3.0)
+    rows = sequences(inter, D, max_len=10).collect()
+    assert len(rows) == 1
+    assert rows[0].items == ["a", "b", "a"]
+    assert rows[0].types == ["purchase", "view", "view"]
+    assert rows[0].ts[0] == ts("2026-11-01T10:00:00")
+    assert sequences(inter, D, max_len=2).collect()[0].items == ["b", "a"]
+
+
+def test_covisitation_directed_with_distance_decay(spark):
+    seqs = spark.createDataFrame([("u1", ["a", "b", "c"]), ("u2", ["a", "b"])], "user_id string, items array<string>")
+    got = {(r.item_id, r.neighbor_id): (r.score, r["rank"]) for r in covisitation(seqs, window=2, top_n=5).collect()}
+    assert got == {("a", "b"): (2.0, 1), ("a", "c"): (0.5, 2), ("b", "c"): (1.0, 1)}
+    top1 = {(r.item_id, r.neighbor_id) for r in covisitation(seqs, window=2, top_n=1).collect()}
+    assert top1 == {("a", "b"), ("b", "c")}
+
+
+def test_item_stats_exclusions_holdout(spark):
+    ev = clean_events(spark, [
+        ("u1", "a", "view", "2026-11-10T10:00:00", None),
+        ("u2", "a", "purchase", "2026-11-20T10:00:00", None),
+        ("u1", "b", "purchase", "2026-11-21T10:00:00", None),
+    ])  # fmt: skip
+    inter = interactions(ev, WEIGHTS, 0.0)
+    catalog = spark.createDataFrame(
+        [("a", "K", None, True), ("b", "K", None, True), ("c", "K", None, False)],
+        "item_id string, category string, created_at timestamp, available boolean",
+    )
+    split = dt.date(2026, 11, 21)
+    st = {r.item_id: (r.n_events, r.n_users, r.pop_score, r.trend_score) for r in
+          item_stats(inter, catalog, split, trending_days=5).collect()}  # fmt: skip
+    assert st == {"a": (2, 2, 9.0, 8.0), "b": (0, 0, 0.0, 0.0), "c": (0, 0, 0.0, 0.0)}
+    pairs = lambda df: sorted((r.user_id, r.item_id) for r in df.collect())  # noqa: E731
+    assert pairs(exclusions(inter, "purchased", D)) == [("u1", "b"), ("u2", "a")]
+    assert pairs(exclusions(inter, "purchased", split)) == [("u2", "a")]
+    assert pairs(exclusions(inter, "interacted", D)) == [("u1", "a"), ("u1", "b"), ("u2", "a")]
+    assert pairs(exclusions(inter, "none", D)) == []
+    assert pairs(holdout(inter, split, D)) == [("u1", "b")]

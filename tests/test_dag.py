@@ -1,0 +1,70 @@
+"""The Airflow DAG: parses with no import errors, and runs end to end with dag.test()."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.conftest import ROOT, RUN_DATE, tiny_overrides
+
+pytestmark = pytest.mark.airflow
+
+
+def _airflow_env(home):
+    env = dict(os.environ)
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+    })  # fmt: skip
+    return env
+
+
+def test_dagbag_imports_without_errors(tmp_path):
+    code = textwrap.dedent(f"""
+        import json
+        from airflow.dag_processing.dagbag import DagBag
+        bag = DagBag(dag_folder={str(ROOT / "dags")!r})
+        dag = bag.dags.get("homepage_nightly")
+        print(json.dumps({{"errors": {{k: str(v) for k, v in bag.import_errors.items()}},
+                          "tasks": [t.task_id for t in dag.topological_sort()] if dag else None,
+                          "retries": dag.get_task("train").retries if dag else None,
+                          "schedule": str(dag.schedule) if dag else None}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_airflow_env(tmp_path),
+                         cwd=tmp_path, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["errors"] == {}
+    assert res["tasks"] == ["validate", "aggregate", "train", "embed", "retrieve", "rerank", "evaluate", "publish"]
+    assert res["retries"] == 2 and res["schedule"] == "0 2 * * *"
+
+
+@pytest.mark.slow
+def test_dag_test_runs_the_whole_night(tmp_path, tiny_data):
+    env = _airflow_env(tmp_path / "airflow")
+    (tmp_path / "airflow").mkdir()
+    mig = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=600)  # fmt: skip
+    assert mig.returncode == 0, mig.stderr[-3000:]
+    over = tiny_overrides(tiny_data, tmp_path / "work")
+    code = textwrap.dedent(f"""
+        import datetime as dt, json
+        from airflow.dag_processing.dagbag import DagBag
+        dag = DagBag(dag_folder={str(ROOT / "dags")!r}).dags["homepage_nightly"]
+        run = dag.test(logical_date=dt.datetime({RUN_DATE.year}, {RUN_DATE.month}, {RUN_DATE.day}, 2, tzinfo=dt.timezone.utc),
+                       run_conf={{"overrides": {json.dumps(over)!s}}})
+        print("STATE", run.state)
+        print("TASKS", json.dumps({{ti.task_id: str(ti.state) for ti in run.get_task_instances()}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=900)  # fmt: skip
+    assert "STATE success" in out.stdout, (out.stdout[-3000:], out.stderr[-5000:])
+    manifest = json.loads((tmp_path / "work" / "runs" / str(RUN_DATE) / "main" / "manifest.json").read_text())
+    assert manifest["stages"]["publish"]["status"] == "ok" and manifest["stages"]["publish"]["switched"]

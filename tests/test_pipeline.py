@@ -1,0 +1,109 @@
+"""The whole night on tiny synthetic data, every component real (Spark, MiniLM, FAISS, SQLite)."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from recsys.__main__ import main
+from recsys.pipeline import STAGES
+from tests.conftest import ROOT, RUN_DATE
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_stage_ran_and_manifest_tells_the_story(tiny_run, tiny_rd):
+    _cfg, results = tiny_run
+    assert list(results) == list(STAGES)
+    m = tiny_rd.read_manifest()
+    assert m["logical_date"] == "2026-11-22" and m["config"]["train"]["time_budget_s"] == 8
+    assert all(m["stages"][s]["status"] == "ok" for s in STAGES)
+    v = m["stages"]["validate"]
+    assert v["events_quarantined"]["bot_like_user"] == 300
+    assert {"duplicate", "missing_user_id", "unknown_item", "future_timestamp"} <= set(v["events_quarantined"])
+    q = pq.read_table(tiny_rd.path("quarantine", "events")).to_pandas()
+    assert len(q) == sum(v["events_quarantined"].values()) and q["reason"].notna().all()
+    assert m["stages"]["train"]["best_epoch"] >= 1
+
+
+def test_outputs_scoreable_from_outside(tiny_run, tiny_rd):
+    ranked = pd.read_parquet(tiny_rd.path("candidates", "ranked.parquet"))
+    assert {"user_id", "item_id", "rank", "score", "source"} <= set(ranked.columns)
+    users = pq.read_table(tiny_rd.path("features", "full", "sequences")).column("user_id").to_pylist()
+    assert set(ranked["user_id"]) == set(users)  # every user with history has candidates
+    emb = tiny_rd.path("embeddings")
+    items = pq.read_table(emb / "items.parquet").to_pandas()
+    catalog = pq.read_table(tiny_rd.path("features", "catalog")).to_pandas()
+    assert len(items) == len(catalog)  # every item embedded, new ones included
+
+
+def test_slates_have_sections_reasons_and_no_duplicates(tiny_run, tiny_rd):
+    slates = pd.read_parquet(tiny_rd.path("slates", "slates.parquet"))
+    keys = set()
+    for s in slates["sections"]:
+        secs = json.loads(s)
+        ids = [it["item_id"] for sec in secs for it in sec["items"]]
+        assert len(ids) == len(set(ids))
+        assert all(it["reason"] and it["source"] for sec in secs for it in sec["items"])
+        keys.update(sec["key"] for sec in secs)
+    assert {"top_picks", "because_you_viewed"} <= keys and len(keys) >= 3
+
+
+def test_metrics_model_and_baseline_side_by_side(tiny_run, tiny_rd):
+    m = json.loads(tiny_rd.path("metrics.json").read_text())
+    assert {"popularity", "two_tower", "covisitation", "blended", "homepage"} <= set(m["methods"])
+    for row in m["methods"].values():
+        assert 0.0 <= row["recall@20"] <= 1.0 and 0.0 <= row["ndcg@10"] <= 1.0
+    assert m["gate"]["passed"] and tiny_rd.path("report.html").read_text().startswith("<!doctype html>")
+
+
+def test_published_homepage_and_fallback(tiny_run):
+    from recsys.publish import db
+
+    cfg, results = tiny_run
+    assert results["publish"]["switched"]
+    engine = db.make_engine(cfg.database_url())
+    with engine.connect() as conn:
+        user = pd.read_parquet(f"{cfg.paths.work_root}/runs/{RUN_DATE}/main/slates/slates.parquet")["user_id"][0]
+        page = db.get_homepage(conn, user)
+        assert page["kind"] == "personal" and page["sections"][0]["key"] == "top_picks"
+        anon = db.get_homepage(conn, "never-seen", "no-such-segment")
+        assert anon["kind"] == "segment" and anon["segment"] == "all"
+    engine.dispose()
+
+
+def test_rerun_same_date_replaces_and_publishes_new_version(tiny_run, capsys):
+    cfg, _ = tiny_run
+    args = ["run", "--date", str(RUN_DATE), "--data-root", cfg.paths.data_root, "--work-root", cfg.paths.work_root,
+            "--from", "rerank", "--set", "evaluate.holdout_days=3", "--set", "evaluate.gate_min_ratio_vs_popularity=0",
+            "--set", "spark.shuffle_partitions=2", "--set", "model.max_text_len=32"]  # fmt: skip
+    assert main(args) == 0
+    assert main(["runs", "--work-root", cfg.paths.work_root]) == 0
+    out = capsys.readouterr().out
+    assert "2026-11-22/main/v2" in out and "published" in out
+
+
+def test_gate_blocks_publish(tiny_run, capsys):
+    cfg, _ = tiny_run
+    args = ["run", "--date", str(RUN_DATE), "--data-root", cfg.paths.data_root, "--work-root", cfg.paths.work_root,
+            "--from", "evaluate", "--set", "evaluate.holdout_days=3", "--set", "evaluate.gate_min_ratio_vs_popularity=100",
+            "--set", "spark.shuffle_partitions=2", "--set", "model.max_text_len=32"]  # fmt: skip
+    assert main(args) == 3  # gate exit code; publish never ran
+    assert main(["publish", "--date", str(RUN_DATE), "--work-root", cfg.paths.work_root,
+                 "--set", "evaluate.holdout_days=3"]) == 4  # fmt: skip
+
+
+def test_cli_help_lists_every_command():
+    out = subprocess.run([sys.executable, "-m", "recsys", "--help"], capture_output=True, text=True, cwd=ROOT).stdout
+    for cmd in [*STAGES, "run", "demo", "generate", "import-movielens", "show", "runs", "rollback", "config", "device"]:
+        assert cmd in out
+
+
+def test_cli_bad_input_is_a_clear_error(tmp_path, caplog):
+    assert main(["validate", "--date", "2026-11-22", "--data-root", str(tmp_path), "--work-root", str(tmp_path)]) == 2
+    assert "no event partitions" in caplog.text
+    assert main(["config", "--set", "train.batch_size=0"]) == 2
+    assert "train.batch_size" in caplog.text

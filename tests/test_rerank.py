@@ -1,0 +1,39 @@
+import numpy as np
+
+from recsys.rerank import dpp_select, leaf, mmr_select
+
+
+def _vecs():
+    # items 0 and 1 are near duplicates, 2 is orthogonal
+    v = np.array([[1.0, 0.0], [0.995, 0.0998], [0.0, 1.0]], dtype=np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_mmr_pure_relevance_is_sorting():
+    assert mmr_select(np.array([0.2, 0.9, 0.5]), _vecs(), 3, lam=1.0) == [1, 2, 0]
+
+
+def test_mmr_diversifies_near_duplicates():
+    rel = np.array([1.0, 0.95, 0.5])
+    assert mmr_select(rel, _vecs(), 2, lam=1.0) == [0, 1]
+    # lam 0.5: after 0, gain(1) = .5*.9 - .5*.995 < gain(2) = .5*0 - 0 -> 2
+    assert mmr_select(rel, _vecs(), 2, lam=0.5) == [0, 2]
+
+
+def test_category_cap():
+    rel = np.array([1.0, 0.9, 0.8])
+    cats = np.array(["A", "A", "B"], dtype=object)
+    assert mmr_select(rel, _vecs(), 3, lam=1.0, cats=cats, cap=1) == [0, 2]
+
+
+def test_dpp_prefers_diverse_set():
+    rel = np.array([1.0, 0.95, 0.5])
+    picked = dpp_select(rel, _vecs(), 2, theta=0.5)
+    assert picked[0] == 0 and picked[1] == 2
+    assert dpp_select(rel, _vecs(), 5, theta=0.5, cats=np.array(["A", "A", "B"], dtype=object), cap=1) == [0, 2]
+
+
+def test_leaf():
+    assert leaf("Kitchen>Knives") == "Knives"
+    assert leaf("Drama") == "Drama"
+    assert leaf("") == ""
