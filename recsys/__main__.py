@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--to", dest="to_stage", choices=list(STAGES), help="last stage")
     s.set_defaults(func=cmd_run)
 
-    for name, _fn in STAGES.items():
+    for name in STAGES:
         doc = {"validate": "read the input contract, quarantine bad rows",
                "aggregate": "Spark features: sequences, item stats, co-visitation, splits",
                "train": "fine-tune the two-tower model", "embed": "embed every item and user",
@@ -309,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, InputError, RejectRateError, DeviceError, FileNotFoundError, ValueError) as e:
         log.error("%s", e)
         return EXIT_INPUT
+    except Exception as e:
+        # No bare traceback for an operator: one line here; the stage's traceback is in
+        # the run's manifest.json and at --log-level DEBUG.
+        log.error("%s: %s", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        log.debug("traceback", exc_info=True)
+        return 1
 
 
 if __name__ == "__main__":

@@ -57,13 +57,19 @@ def _ts_lit(d: dt.date) -> Column:
 
 
 def parse_ts(c: Column) -> Column:
-    """ISO-8601 text or epoch seconds -> timestamp; null where unparseable (never raises)."""
+    """ISO-8601 text or an epoch number -> timestamp; null where unparseable (never raises).
+
+    Epoch numbers are read by magnitude: < 1e11 seconds, < 1e14 milliseconds, < 1e17
+    microseconds, else nanoseconds (parquet nanosecond timestamps, as pandas writes them,
+    arrive as longs). Seconds below 1e11 cover dates up to the year 5138.
+    """
     from pyspark.sql import functions as F
 
     s = F.trim(c)
-    return F.when(s.rlike(r"^-?\d+(\.\d+)?$"), F.timestamp_seconds(s.try_cast("double"))).otherwise(
-        F.try_to_timestamp(s)
-    )
+    x = s.try_cast("double")
+    a = F.abs(x)
+    secs = F.when(a < 1e11, x).when(a < 1e14, x / 1e3).when(a < 1e17, x / 1e6).otherwise(x / 1e9)
+    return F.when(s.rlike(r"^-?\d+(\.\d+)?$"), F.timestamp_seconds(secs)).otherwise(F.try_to_timestamp(s))
 
 
 def _blank(c: Column) -> Column:
@@ -290,11 +296,12 @@ def _write(df: DataFrame, path: str, files: int = 1) -> None:
     df.coalesce(files).write.mode("overwrite").parquet(path)
 
 
-def run_validate(cfg: Config, run_date: dt.date, rd: RunDir) -> dict[str, object]:
+def run_validate(cfg: Config, rd: RunDir) -> dict[str, object]:
     """Read the input contract for run_date, write validated/ and quarantine/."""
     from recsys.spark import get_spark
 
     t0 = time.time()
+    run_date = rd.date
     spark = get_spark(cfg.spark, app_name=f"recsys-validate-{run_date}")
     root = cfg.paths.data_root.rstrip("/")
     ev_parts = select_event_partitions(list_partitions(spark, f"{root}/events"), run_date, cfg.events.lookback_days)
@@ -354,11 +361,12 @@ def run_validate(cfg: Config, run_date: dt.date, rd: RunDir) -> dict[str, object
     return counts
 
 
-def run_aggregate(cfg: Config, run_date: dt.date, rd: RunDir) -> dict[str, object]:
+def run_aggregate(cfg: Config, rd: RunDir) -> dict[str, object]:
     """validated/ -> features/ (sequences, item_stats, covisitation, exclusions, holdout)."""
     from recsys.spark import get_spark
 
     t0 = time.time()
+    run_date = rd.date
     spark = get_spark(cfg.spark, app_name=f"recsys-aggregate-{run_date}")
     catalog = spark.read.parquet(str(rd.require("validated", "catalog")))
     clean = spark.read.parquet(str(rd.require("validated", "events")))

@@ -16,6 +16,7 @@ timing and status in manifest.json. Airflow calls `run_stage` once per task.
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import logging
 import shutil
 import time
@@ -29,66 +30,25 @@ from recsys.rundir import RunDir
 log = logging.getLogger(__name__)
 
 
-def _validate(cfg: Config, rd: RunDir) -> dict[str, Any]:
-    from recsys.aggregate import run_validate
-
-    return run_validate(cfg, rd.date, rd)
-
-
-def _aggregate(cfg: Config, rd: RunDir) -> dict[str, Any]:
-    from recsys.aggregate import run_aggregate
-
-    return run_aggregate(cfg, rd.date, rd)
-
-
-def _train(cfg: Config, rd: RunDir) -> dict[str, Any]:
-    from recsys.model.train import train_model
-
-    return train_model(cfg, rd)
-
-
-def _embed(cfg: Config, rd: RunDir) -> dict[str, Any]:
-    from recsys.model.embed import embed_all
-
-    return embed_all(cfg, rd)
-
-
-def _retrieve(cfg: Config, rd: RunDir) -> dict[str, Any]:
-    from recsys.retrieve import run_retrieve
-
-    return run_retrieve(cfg, rd)
-
-
-def _rerank(cfg: Config, rd: RunDir) -> dict[str, Any]:
-    from recsys.rerank import run_rerank
-
-    return run_rerank(cfg, rd)
-
-
-def _evaluate(cfg: Config, rd: RunDir) -> dict[str, Any]:
-    from recsys.evaluation.evaluate import run_evaluate
-
-    return run_evaluate(cfg, rd)
-
-
-def _publish(cfg: Config, rd: RunDir) -> dict[str, Any]:
-    from recsys.publish.publish import run_publish
-
-    return run_publish(cfg, rd)
-
-
-# Heavy imports stay inside the stage functions: importing this module (as the Airflow
-# DAG file does at parse time) costs nothing.
-STAGES: dict[str, Callable[[Config, RunDir], dict[str, Any]]] = {
-    "validate": _validate,
-    "aggregate": _aggregate,
-    "train": _train,
-    "embed": _embed,
-    "retrieve": _retrieve,
-    "rerank": _rerank,
-    "evaluate": _evaluate,
-    "publish": _publish,
+# stage -> (module, function). Modules are imported when the stage runs, so importing
+# this file (as the Airflow DAG does at parse time) costs nothing. Every function takes
+# (cfg, rd) and returns a JSON-able info dict.
+STAGE_FUNCTIONS: dict[str, tuple[str, str]] = {
+    "validate": ("recsys.aggregate", "run_validate"),
+    "aggregate": ("recsys.aggregate", "run_aggregate"),
+    "train": ("recsys.model.train", "train_model"),
+    "embed": ("recsys.model.embed", "embed_all"),
+    "retrieve": ("recsys.retrieve", "run_retrieve"),
+    "rerank": ("recsys.rerank", "run_rerank"),
+    "evaluate": ("recsys.evaluation.evaluate", "run_evaluate"),
+    "publish": ("recsys.publish.publish", "run_publish"),
 }
+STAGES = list(STAGE_FUNCTIONS)
+
+
+def stage_function(stage: str) -> Callable[[Config, RunDir], dict[str, Any]]:
+    module, name = STAGE_FUNCTIONS[stage]
+    return getattr(importlib.import_module(module), name)
 
 
 def run_stage(stage: str, cfg: Config, run_date: dt.date) -> dict[str, Any]:
@@ -104,7 +64,7 @@ def run_stage(stage: str, cfg: Config, run_date: dt.date) -> dict[str, Any]:
     t0 = time.time()
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     try:
-        info = STAGES[stage](cfg, rd)
+        info = stage_function(stage)(cfg, rd)
     except Exception as e:
         rd.record_stage(stage, {
             "status": "failed", "error": f"{type(e).__name__}: {e}", "started_at": started,
@@ -122,7 +82,7 @@ def run_stage(stage: str, cfg: Config, run_date: dt.date) -> dict[str, Any]:
 def run_pipeline(
     cfg: Config, run_date: dt.date, start: str | None = None, stop: str | None = None
 ) -> dict[str, dict[str, Any]]:
-    names = list(STAGES)
+    names = STAGES
     a = names.index(start) if start else 0
     b = names.index(stop) + 1 if stop else len(names)
     if a >= b:

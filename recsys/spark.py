@@ -32,6 +32,9 @@ def get_spark(cfg: SparkConfig, app_name: str = "recsys") -> SparkSession:
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.sources.parallelPartitionDiscovery.parallelism", "8")
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        # Parquet nanosecond timestamps (pandas' default) are unreadable as timestamps in
+        # Spark; read them as longs and let validation parse them by magnitude.
+        .config("spark.sql.legacy.parquet.nanosAsLong", "true")
     )
     if cfg.master.startswith("local"):
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")

@@ -61,3 +61,21 @@ def test_reads_jsonl_csv_parquet_and_keeps_corrupt_lines(spark, tmp_path):
         ("u3", "2026-11-21 05:00:00", "2026-11-21"),
     ]
     assert rows[0]._corrupt == "{oops"
+
+
+@pytest.mark.spark
+def test_parquet_nanosecond_and_epoch_units_parse(spark, tmp_path):
+    import pandas as pd
+
+    from recsys.aggregate import parse_ts
+
+    d = tmp_path / "events" / "dt=2026-11-20"
+    d.mkdir(parents=True)
+    pd.DataFrame({"user_id": ["u1"], "item_id": ["i1"], "event_type": ["view"],
+                  "ts": pd.to_datetime(["2026-11-20T10:00:00Z"])}).to_parquet(d / "ns.parquet")  # fmt: skip
+    raw = read_raw(spark, list_partitions(spark, str(tmp_path / "events")), EVENT_COLUMNS)
+    got = raw.select(parse_ts(raw.ts).alias("t")).collect()[0].t
+    assert got == dt.datetime(2026, 11, 20, 10)
+    df = spark.createDataFrame([("1763632800",), ("1763632800000",), ("1763632800000000",), ("x",)], "ts string")
+    vals = [r.t for r in df.select(parse_ts(df.ts).alias("t")).collect()]
+    assert vals[:3] == [dt.datetime(2025, 11, 20, 10)] * 3 and vals[3] is None

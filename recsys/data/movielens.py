@@ -48,7 +48,7 @@ def import_movielens(src: str | Path, out_root: str | Path, max_tags: int = 5) -
         for mid, grp in top.groupby("movieId"):
             tags_by_movie[int(mid)] = grp["tag"].head(max_tags).tolist()
 
-    ts = pd.to_datetime(ratings["timestamp"], unit="s", utc=True)
+    ts = pd.to_datetime(ratings["timestamp"], unit="s", utc=True).astype("datetime64[us, UTC]")
     events = pd.DataFrame(
         {
             "user_id": "u" + ratings["userId"].astype(str),
@@ -93,7 +93,7 @@ def import_movielens(src: str | Path, out_root: str | Path, max_tags: int = 5) -
             ],
         }
     )
-    catalog["created_at"] = pd.to_datetime(catalog["created_at"], utc=True)
+    catalog["created_at"] = pd.to_datetime(catalog["created_at"], utc=True).astype("datetime64[us, UTC]")
     d = out / "catalog" / f"dt={snapshot.isoformat()}"
     d.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pandas(catalog, preserve_index=False), d / "part-00000.parquet")

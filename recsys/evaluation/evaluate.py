@@ -128,9 +128,14 @@ def run_evaluate(cfg: Config, rd: RunDir) -> dict[str, Any]:
     lists["homepage"] = {u: flatten(secs) for u, secs in slates.items()}
 
     methods = {name: mean_metrics(lst, targets, ec.ks) for name, lst in lists.items()}
-    # Cold start: targets that had no training events (new or never-seen items).
+    # Cold start: targets that existed at the split but had no training events (new or
+    # never-seen items): only their text can place them. Items created after the split
+    # could not have been recommended by anyone and are left out of this slice.
     n_events = ctx.item_stats["n_events"].to_numpy()
-    cold_targets = {u: {x for x in t if n_events[idx.get_loc(x)] == 0} for u, t in targets.items()}
+    servable = ctx.servable
+    cold_targets = {
+        u: {x for x in t if n_events[idx.get_loc(x)] == 0 and servable[idx.get_loc(x)]} for u, t in targets.items()
+    }
     cold_targets = {u: t for u, t in cold_targets.items() if t}
     cold = {name: mean_metrics(lst, cold_targets, ec.ks) for name, lst in lists.items()}
     vec_of = {str(x): ctx.item_vecs[i] for i, x in enumerate(ctx.catalog.ids)} if ctx.item_vecs is not None else {}
