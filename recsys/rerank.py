@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -136,89 +137,137 @@ class SectionBuilder:
         r = self.row_of.get(item_id)
         return str(self.ctx.catalog.title[r]) if r is not None else item_id
 
-    def _diversify(self, rows: np.ndarray, rel: np.ndarray, k: int) -> list[int]:
+    def _diversify(self, pool: Pool, k: int) -> list[int]:
         rc = self.cfg.rerank
-        cats = self.ctx.catalog.category[rows]
-        v = self.vecs[rows]
+        cats = self.ctx.catalog.category[pool.rows]
+        v = self.vecs[pool.rows]
         if rc.method == "dpp":
-            return dpp_select(rel, v, k, rc.mmr_lambda, cats, self.k_cap)
-        return mmr_select(rel, v, k, rc.mmr_lambda, cats, self.k_cap)
+            return dpp_select(pool.score, v, k, rc.mmr_lambda, cats, self.k_cap)
+        return mmr_select(pool.score, v, k, rc.mmr_lambda, cats, self.k_cap)
 
-    def _slots(self, df: pd.DataFrame, picks: list[int], reason: Callable[[pd.Series], str]) -> list[dict[str, Any]]:
+    def _slots(self, pool: Pool, picks: list[int], reason: Callable[[int], str]) -> list[dict[str, Any]]:
         out = []
         for p in picks:
-            r = df.iloc[p]
-            out.append({
-                "item_id": str(r["item_id"]),
-                "score": round(float(r["score"]), 6),
-                "source": str(r["source"]),
-                "reason": reason(r),
-                **({"anchor": str(r["anchor"])} if r.get("anchor") else {}),
-            })  # fmt: skip
+            slot = {
+                "item_id": str(pool.item[p]),
+                "score": round(float(pool.score[p]), 6),
+                "source": str(pool.source[p]),
+                "reason": reason(p),
+            }
+            if pool.anchor[p]:
+                slot["anchor"] = str(pool.anchor[p])
+            out.append(slot)
         return out
 
-    def _pool(self, df: pd.DataFrame, used: set[str]) -> pd.DataFrame:
-        return df[~df["item_id"].isin(used)].reset_index(drop=True)
-
-    def build(self, user: str, ranked: pd.DataFrame, by_source: pd.DataFrame) -> list[dict[str, Any]]:
-        """ranked: this user's blended rows; by_source: this user's per-source rows."""
-        used: set[str] = set()
+    def build(self, user: str, ranked: Pool, by_source: dict[str, Pool]) -> list[dict[str, Any]]:
+        """ranked: this user's blended candidates; by_source: this user's per-source ones."""
+        used: set[int] = set()  # catalog rows already on the page
         sections: list[dict[str, Any]] = []
-        src = {s: g.sort_values("source_rank") for s, g in by_source.groupby("source")}
-        empty = by_source.iloc[0:0]
         for spec in self.cfg.rerank.sections:
             items: list[dict[str, Any]] = []
             title = spec.title
             if spec.key == "top_picks":
-                pool = self._pool(ranked, used)
-                picks = self._diversify(self._rows(pool), pool["score"].to_numpy(), spec.size)
-                items = self._slots(pool, picks, self._reason)
+                pool = ranked.without(used)
+                items = self._slots(pool, self._diversify(pool, spec.size), lambda p, pl=pool: self._reason(pl, p))
             elif spec.key == "because_you_viewed":
-                pool = self._pool(src.get("covisitation", empty), used)
+                pool = by_source.get("covisitation", Pool.empty()).without(used)
                 if len(pool):
                     # The most recent anchor that still has unused follow-ups.
+                    anchors = set(pool.anchor.tolist())
                     hist = [str(self.ctx.catalog.ids[i]) for i in self.ctx.history(user)[::-1]]
-                    anchors = set(pool["anchor"])
-                    anchor = next((a for a in hist if a in anchors), pool["anchor"].iloc[0])
-                    pool = pool[pool["anchor"] == anchor].reset_index(drop=True)
-                    picks = self._diversify(self._rows(pool), pool["score"].to_numpy(), spec.size)
+                    anchor = next((x for x in hist if x in anchors), pool.anchor[0])
+                    pool = pool.where(pool.anchor == anchor)
                     name = self.title(anchor)
-                    items = self._slots(pool, picks, lambda r, n=name: f"Because you viewed {n}")
+                    items = self._slots(
+                        pool, self._diversify(pool, spec.size), lambda p, n=name: f"Because you viewed {n}"
+                    )
                     title = spec.title.format(anchor=name)
             elif spec.key == "trending":
-                pool = self._pool(src.get("trending", empty), used)
+                pool = by_source.get("trending", Pool.empty()).without(used)
                 if len(pool):
-                    cat = pool["anchor"].iloc[0]
-                    pool = pool[pool["anchor"] == cat].reset_index(drop=True)
+                    cat_name = leaf(str(pool.anchor[0]))
+                    pool = pool.where(pool.anchor == pool.anchor[0])
                     picks = list(range(min(spec.size, len(pool))))  # one category: no cap
-                    cat_name = leaf(cat)
-                    items = self._slots(pool, picks, lambda r, c=cat_name: f"Trending in {c}")
+                    items = self._slots(pool, picks, lambda p, c=cat_name: f"Trending in {c}")
                     title = spec.title.format(category=cat_name)
             elif spec.key == "new_for_you":
-                pool = self._pool(src.get("new_arrivals", empty), used)
-                picks = self._diversify(self._rows(pool), pool["score"].to_numpy(), spec.size)
-                items = self._slots(pool, picks, lambda r: "New arrival that matches your interests")
+                pool = by_source.get("new_arrivals", Pool.empty()).without(used)
+                items = self._slots(
+                    pool, self._diversify(pool, spec.size), lambda p: "New arrival that matches your interests"
+                )
             elif spec.key == "discover":
-                pool = self._pool(src.get("two_tower", empty), used)
-                pool = pool[self.long_tail[self._rows(pool)]].reset_index(drop=True) if len(pool) else pool
-                picks = self._diversify(self._rows(pool), pool["score"].to_numpy(), spec.size)
-                items = self._slots(pool, picks, lambda r: "Off the beaten track: fewer people have found this yet")
+                pool = by_source.get("two_tower", Pool.empty()).without(used)
+                pool = pool.where(self.long_tail[pool.rows])
+                items = self._slots(
+                    pool,
+                    self._diversify(pool, spec.size),
+                    lambda p: "Off the beaten track: fewer people have found this yet",
+                )
             if items:
-                used.update(s["item_id"] for s in items)
+                used.update(self.row_of[s["item_id"]] for s in items)
                 sections.append({"key": spec.key, "title": title, "items": items})
         return sections
 
-    def _rows(self, df: pd.DataFrame) -> np.ndarray:
-        return np.array([self.row_of[x] for x in df["item_id"]], dtype=np.int64)
-
-    def _reason(self, r: pd.Series) -> str:
-        src = str(r["source"])
-        anchor = str(r.get("anchor") or "")
+    def _reason(self, pool: Pool, p: int) -> str:
+        src = str(pool.source[p])
+        anchor = str(pool.anchor[p] or "")
         if src == "covisitation":
             anchor = self.title(anchor)
         elif src == "trending":
             anchor = leaf(anchor)
         return REASONS.get(src, lambda a: "Recommended for you")(anchor)
+
+
+@dataclass
+class Pool:
+    """One user's candidates from one list, as parallel arrays (best first)."""
+
+    item: np.ndarray  # [n] item ids
+    rows: np.ndarray  # [n] catalog rows
+    score: np.ndarray  # [n] float
+    source: np.ndarray  # [n] str
+    anchor: np.ndarray  # [n] str ('' = none)
+
+    @staticmethod
+    def empty() -> Pool:
+        e = np.zeros(0, dtype=object)
+        return Pool(e, np.zeros(0, dtype=np.int64), np.zeros(0), e, e)
+
+    def __len__(self) -> int:
+        return len(self.item)
+
+    def where(self, mask: np.ndarray) -> Pool:
+        return Pool(self.item[mask], self.rows[mask], self.score[mask], self.source[mask], self.anchor[mask])
+
+    def without(self, used: set[int]) -> Pool:
+        if not used or not len(self):
+            return self
+        return self.where(~np.isin(self.rows, np.fromiter(used, dtype=np.int64)))
+
+
+def split_pools(df: pd.DataFrame, item_index: pd.Index, order_col: str, by_source: bool) -> dict[Any, Any]:
+    """A long candidate frame -> {user: Pool} (or {user: {source: Pool}}), best first.
+    One sort and one vectorised split instead of a pandas group per user."""
+    if df.empty:
+        return {}
+    keys = ["user_id", "source", order_col] if by_source else ["user_id", order_col]
+    df = df.sort_values(keys, kind="stable")
+    users = df["user_id"].to_numpy()
+    src = df["source"].to_numpy()
+    item = df["item_id"].to_numpy()
+    rows = item_index.get_indexer(item).astype(np.int64)
+    score = df["score"].to_numpy(np.float64)
+    anchor = df["anchor"].fillna("").to_numpy() if "anchor" in df else np.full(len(df), "", dtype=object)
+    group = np.stack([users, src], 1) if by_source else users[:, None]
+    change = np.flatnonzero((group[1:] != group[:-1]).any(1)) + 1
+    out: dict[Any, Any] = {}
+    for a, b in zip(np.r_[0, change], np.r_[change, len(df)], strict=True):
+        pool = Pool(item[a:b], rows[a:b], score[a:b], src[a:b], anchor[a:b])
+        if by_source:
+            out.setdefault(users[a], {})[src[a]] = pool
+        else:
+            out[users[a]] = pool
+    return out
 
 
 def build_fallbacks(cfg: Config, ctx: Context) -> dict[str, list[dict[str, Any]]]:
@@ -302,24 +351,25 @@ def run_rerank(cfg: Config, rd: RunDir) -> dict[str, Any]:
 
 
 def build_slates(
-    cfg: Config, ctx: Context, ranked: pd.DataFrame, by_source: pd.DataFrame, progress_every: int = 2000
+    cfg: Config, ctx: Context, ranked: pd.DataFrame, by_source: pd.DataFrame, progress_every: int = 5000
 ) -> dict[str, list[dict[str, Any]]]:
     """user_id -> sections, for every user with at least events.min_history items."""
     builder = SectionBuilder(cfg, ctx)
     lengths = ctx.seqs.lengths()
-    eligible = {u for u, r in ctx.user_row.items() if lengths[r] >= cfg.events.min_history}
-    r_groups = {u: g for u, g in ranked.groupby("user_id", sort=True)}
-    s_groups = {u: g for u, g in by_source.groupby("user_id", sort=True)}
-    empty_r, empty_s = ranked.iloc[0:0], by_source.iloc[0:0]
+    idx = ctx.catalog.index()
+    r_pools = split_pools(ranked, idx, "rank", by_source=False)
+    s_pools = split_pools(by_source, idx, "source_rank", by_source=True)
+    users = sorted(u for u, r in ctx.user_row.items() if lengths[r] >= cfg.events.min_history)
     slates: dict[str, list[dict[str, Any]]] = {}
     t0 = time.time()
-    users = sorted(eligible)
     for i, u in enumerate(users, 1):
-        secs = builder.build(u, r_groups.get(u, empty_r), s_groups.get(u, empty_s))
+        secs = builder.build(u, r_pools.get(u, Pool.empty()), s_pools.get(u, {}))
         if secs:
             slates[u] = secs
         if i % progress_every == 0:
             log.info("rerank: %d/%d users (%.0f users/s)", i, len(users), i / (time.time() - t0))
+    log.info("rerank: %d users in %.1fs (%.0f users/s)", len(users), time.time() - t0,
+             len(users) / max(time.time() - t0, 1e-9))  # fmt: skip
     return slates
 
 

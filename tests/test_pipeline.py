@@ -107,3 +107,34 @@ def test_cli_bad_input_is_a_clear_error(tmp_path, caplog):
     assert "no event partitions" in caplog.text
     assert main(["config", "--set", "train.batch_size=0"]) == 2
     assert "train.batch_size" in caplog.text
+
+
+def test_holdout_zero_trains_on_everything_and_still_publishes(tiny_run):
+    """holdout_days=0: no internal split or gate; exclusion 'interacted' is honoured."""
+    from recsys.config import load_config
+    from recsys.pipeline import run_pipeline
+    from recsys.retrieve import load_context
+    from recsys.rundir import RunDir
+
+    cfg0, _ = tiny_run
+    over = {
+        "paths": {"data_root": cfg0.paths.data_root, "work_root": cfg0.paths.work_root},
+        "spark": {"shuffle_partitions": 2},
+        "events": {"bot_max_events_per_day": 200, "exclude_policy": "interacted"},
+        "train": {"time_budget_s": 5, "max_epochs": 2, "batch_size": 32, "n_uniform_negatives": 64},
+        "model": {"max_text_len": 32},
+        "evaluate": {"holdout_days": 0},
+        "publish": {"database_url": f"sqlite:///{cfg0.paths.work_root}/h0.sqlite"},
+        "run_id": "h0",
+    }
+    cfg = load_config(overrides=over, environ={})
+    results = run_pipeline(cfg, RUN_DATE)
+    rd = RunDir(cfg, RUN_DATE)
+    assert not rd.path("features", "train").exists() and not rd.path("features", "holdout").exists()
+    m = json.loads(rd.path("metrics.json").read_text())
+    assert m["gate"]["skipped"] == "no holdout" and results["publish"]["switched"]
+    assert results["train"]["users"] == results["aggregate"]["full_users"]  # trained on everything
+    ctx = load_context(cfg, rd, "full", with_vectors=False)
+    ranked = pd.read_parquet(rd.path("candidates", "ranked.parquet"))
+    seen = {(u, x) for u in ctx.user_row for x in ctx.catalog.ids[ctx.history(u)]}
+    assert not any((u, x) in seen for u, x in zip(ranked["user_id"], ranked["item_id"], strict=True))
