@@ -132,6 +132,8 @@ class TrainConfig(_Section):
     temperature: float = Field(default=0.07, gt=0)
     logq_correction: bool = True
     val_fraction: float = Field(default=0.1, ge=0.0, lt=0.5)
+    # Validation users hold out their last this-many steps (see recsys/model/train.py).
+    val_tail_steps: int = Field(default=3, ge=1)
     early_stopping_patience: int = Field(default=3, ge=1)
     warm_start: bool = True
     seed: int = 42

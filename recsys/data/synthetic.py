@@ -131,7 +131,7 @@ def _flat_categories() -> tuple[list[str], list[list[str]], np.ndarray, np.ndarr
 
 def _make_catalog(spec: SyntheticSpec, rng: np.random.Generator) -> _Catalog:
     paths, nouns, _, _ = _flat_categories()
-    n_new = int(round(spec.n_items * spec.new_items_per_day * max(spec.days - 1, 0)))
+    n_new = round(spec.n_items * spec.new_items_per_day * max(spec.days - 1, 0))
     total = spec.n_items + n_new
     cat_idx = rng.integers(0, len(paths), size=total)
     created_day = np.zeros(total, dtype=np.int64)
@@ -174,6 +174,86 @@ def _write(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path / "part-00000.parquet")
 
 
+FUNNEL = np.array(["view", "click", "add_to_cart", "purchase"], dtype=object)
+FUNNEL_P = (0.35, 0.3, 0.5)  # P(click | view), P(cart | click), P(purchase | cart)
+
+
+def _day_events(
+    spec: SyntheticSpec,
+    rng: np.random.Generator,
+    day: int,
+    day_start: float,
+    cat: _Catalog,
+    pop: np.ndarray,
+    live: np.ndarray,
+    interest_cum: np.ndarray,
+    activity: np.ndarray,
+    dept_first_cat: np.ndarray,
+    dept_n_cats: np.ndarray,
+    comp_pow: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """One day of sessions, vectorised over sessions, steps and funnel events.
+
+    Returns parallel arrays over events: user [E], item [E], etype [E] (index into
+    FUNNEL), ts [E] epoch seconds, session [E] (day-local session number).
+    """
+    n_sess = rng.poisson(spec.sessions_per_user_day * activity)  # [U]
+    s_user = np.repeat(np.arange(len(activity)), n_sess)  # [S]
+    S = len(s_user)
+    if S == 0:
+        e = np.zeros(0, dtype=np.int64)
+        return {"user": e, "item": e, "etype": e, "ts": np.zeros(0), "session": e}
+    dept = (interest_cum[s_user] < rng.random((S, 1))).sum(1)  # [S] inverse-CDF draw
+    dept = np.minimum(dept, len(dept_first_cat) - 1)
+    start_cat = dept_first_cat[dept] + (rng.random(S) * dept_n_cats[dept]).astype(np.int64)
+    t_start = day_start + rng.uniform(0, 86_000, S)
+    length = 1 + rng.poisson(spec.session_length - 1, S)  # [S]
+    # Steps: each step moves to the complement category with complement_prob; the
+    # category after k moves is complement^k(start), precomputed in comp_pow [K, C].
+    st_sess = np.repeat(np.arange(S), length)  # [T]
+    first = np.r_[0, np.cumsum(length)[:-1]]
+    moves = (rng.random(len(st_sess)) < spec.complement_prob).astype(np.int64)
+    cum = np.cumsum(moves)
+    moves_so_far = cum - (cum[first] - moves[first])[st_sess]
+    st_cat = comp_pow[np.minimum(moves_so_far, len(comp_pow) - 1), start_cat[st_sess]]
+    # Item per step: popularity within the category among live items, new items boosted
+    # for their first days so cold items collect some events.
+    age = day - cat.created_day
+    w_all = pop * np.where((cat.created_day > 0) & (age < 5), 20.0, 1.0) * live
+    st_item = np.full(len(st_sess), -1, dtype=np.int64)
+    u = rng.random(len(st_sess))
+    for c in np.unique(st_cat):
+        at = np.flatnonzero(st_cat == c)
+        pool = np.flatnonzero((cat.cat_idx == c) & live)
+        if len(pool) == 0:
+            continue
+        cw = np.cumsum(w_all[pool])
+        st_item[at] = pool[np.minimum(np.searchsorted(cw, u[at] * cw[-1], side="right"), len(pool) - 1)]
+    keep = st_item >= 0
+    st_sess, st_item = st_sess[keep], st_item[keep]
+    # Funnel: view -> click -> add_to_cart -> purchase, each conditional on the last.
+    r = rng.random((len(st_sess), 3))
+    depth = 1 + (r[:, 0] < FUNNEL_P[0])
+    depth += (depth == 2) & (r[:, 1] < FUNNEL_P[1])
+    depth += (depth == 3) & (r[:, 2] < FUNNEL_P[2])
+    ev_step = np.repeat(np.arange(len(st_sess)), depth)  # [E]
+    step_first = np.r_[0, np.cumsum(depth)[:-1]]
+    etype = np.arange(len(ev_step)) - step_first[ev_step]
+    # Time: ~40 s between steps, ~15 s between funnel events, capped at the day's end.
+    gap = rng.exponential(15.0, len(ev_step)) + np.where(etype == 0, rng.exponential(40.0, len(ev_step)), 0.0)
+    ev_sess = st_sess[ev_step]
+    cg = np.cumsum(gap)
+    sess_first_ev = np.r_[0, np.flatnonzero(np.diff(ev_sess)) + 1]
+    base = np.zeros(len(ev_sess))
+    if len(ev_sess):
+        starts = np.zeros(len(ev_sess), dtype=bool)
+        starts[sess_first_ev] = True
+        offset = cg[sess_first_ev] - gap[sess_first_ev]
+        base = offset[np.cumsum(starts) - 1]
+    ts = np.minimum(t_start[ev_sess] + cg - base, day_start + 86_399)
+    return {"user": s_user[ev_sess], "item": st_item[ev_step], "etype": etype, "ts": ts, "session": ev_sess}
+
+
 def generate(out_root: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> dict[str, int]:
     """Write events/dt=*/ and catalog/dt=*/ under out_root; returns row counts."""
     t0 = time.time()
@@ -185,119 +265,95 @@ def generate(out_root: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> dic
     n_total = len(cat.item_id)
     # Zipf popularity: a random rank per item, weight rank^-a.
     pop = (rng.permutation(n_total) + 1.0) ** (-spec.zipf_a)
-    items_by_cat = [np.flatnonzero(cat.cat_idx == c) for c in range(len(paths))]
+    dept_first_cat = np.array([int(np.flatnonzero(dept_of == d)[0]) for d in range(n_depts)])
+    dept_n_cats = np.bincount(dept_of, minlength=n_depts)
+    max_len = 64
+    comp_pow = np.zeros((max_len, len(paths)), dtype=np.int64)  # [K, C] complement^k
+    comp_pow[0] = np.arange(len(paths))
+    for k in range(1, max_len):
+        comp_pow[k] = complement[comp_pow[k - 1]]
 
     # Users: interests over departments (sparse Dirichlet), activity (log-normal).
     interest = rng.dirichlet(np.full(n_depts, 0.3), size=spec.n_users)  # [U, D]
+    interest_cum = np.cumsum(interest, axis=1)
     activity = np.exp(rng.normal(0.0, 0.8, size=spec.n_users))
     activity /= activity.mean()
-    user_ids = np.array([f"u{u:07d}" for u in range(spec.n_users)])
+    user_ids = np.array([f"u{u:07d}" for u in range(spec.n_users)], dtype=object)
     start = spec.end_date - dt.timedelta(days=spec.days - 1)
+    start64 = np.datetime64(start, "D")
     counts = {"events": 0, "catalog_rows": 0, "bad_rows": 0}
+    titles = np.array(cat.title, dtype=object)
+    cats = np.array(cat.category, dtype=object)
+    brands = np.array(cat.brand, dtype=object)
+    descs = np.array(cat.description, dtype=object)
 
     for day in range(spec.days):
         date = start + dt.timedelta(days=day)
         live = (cat.created_day <= day) & (cat.unavailable_from > day)
         # Catalog: a full snapshot per day of every item created so far.
         existing = np.flatnonzero(cat.created_day <= day)
-        created_at = [
-            dt.datetime.combine(start + dt.timedelta(days=int(cat.created_day[i])), dt.time(6))
-            for i in existing
-        ]
+        created = (start64 + cat.created_day[existing]).astype("datetime64[us]") + np.timedelta64(6, "h")
         _write(
             pa.table(
                 {
                     "item_id": cat.item_id[existing],
-                    "title": [cat.title[i] for i in existing],
-                    "category": [cat.category[i] for i in existing],
-                    "brand": [cat.brand[i] for i in existing],
-                    "description": [cat.description[i] for i in existing],
+                    "title": titles[existing],
+                    "category": cats[existing],
+                    "brand": brands[existing],
+                    "description": descs[existing],
                     "price": cat.price[existing],
                     "available": live[existing],
-                    "created_at": pa.array(created_at, type=pa.timestamp("us", tz="UTC")),
+                    "created_at": pa.array(created, type=pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC")),
                 }
             ),
             out / "catalog" / f"dt={date.isoformat()}",
         )
         counts["catalog_rows"] += len(existing)
 
-        rows_u, rows_i, rows_t, rows_ts, rows_s = [], [], [], [], []
-        n_sess = rng.poisson(spec.sessions_per_user_day * activity)
         day_start = dt.datetime.combine(date, dt.time(0), tzinfo=dt.UTC).timestamp()
-        sess_counter = 0
-        for u in np.flatnonzero(n_sess):
-            for _ in range(int(n_sess[u])):
-                sess_counter += 1
-                sid = f"s{day:03d}-{sess_counter:08d}"
-                dept = int(rng.choice(n_depts, p=interest[u]))
-                cats_in_dept = np.flatnonzero(dept_of == dept)
-                c = int(rng.choice(cats_in_dept))
-                t = day_start + rng.uniform(0, 86_000)
-                length = 1 + rng.poisson(spec.session_length - 1)
-                for _step in range(length):
-                    if rng.random() < spec.complement_prob:
-                        c = int(complement[c])
-                    pool = items_by_cat[c]
-                    pool = pool[live[pool]]
-                    if len(pool) == 0:
-                        continue
-                    w = pop[pool]
-                    # New items get a boost for a few days so they collect some events.
-                    age = day - cat.created_day[pool]
-                    w = w * np.where((cat.created_day[pool] > 0) & (age < 5), 20.0, 1.0)
-                    item = int(pool[rng.choice(len(pool), p=w / w.sum())])
-                    t += rng.exponential(40.0)
-                    funnel = ["view"]
-                    if rng.random() < 0.35:
-                        funnel.append("click")
-                        if rng.random() < 0.3:
-                            funnel.append("add_to_cart")
-                            if rng.random() < 0.5:
-                                funnel.append("purchase")
-                    for ev in funnel:
-                        t += rng.exponential(15.0)
-                        rows_u.append(user_ids[u])
-                        rows_i.append(cat.item_id[item])
-                        rows_t.append(ev)
-                        rows_ts.append(min(t, day_start + 86_399))
-                        rows_s.append(sid)
-        ts = [dt.datetime.fromtimestamp(x, dt.UTC) for x in rows_ts]
-        n_good = len(rows_u)
-        n_bad = int(math.ceil(n_good * spec.corrupt_rate)) if spec.corrupt_rate > 0 else 0
+        ev = _day_events(spec, rng, day, day_start, cat, pop, live, interest_cum, activity,
+                         dept_first_cat, dept_n_cats, comp_pow)  # fmt: skip
+        n_good = len(ev["user"])
+        u_col = user_ids[ev["user"]]
+        i_col = cat.item_id[ev["item"]]
+        t_col = FUNNEL[ev["etype"]]
+        ts_col = ev["ts"]
+        s_col = np.array([f"s{day:03d}-{x:08d}" for x in ev["session"]], dtype=object)
+        extra_u, extra_i, extra_t, extra_ts, extra_s = [], [], [], [], []
+        n_bad = math.ceil(n_good * spec.corrupt_rate) if spec.corrupt_rate > 0 and n_good else 0
+        future = dt.datetime.combine(spec.end_date + dt.timedelta(days=400), dt.time(1), dt.UTC).timestamp()
         for b in range(n_bad):
             kind = b % 4
-            j = int(rng.integers(n_good)) if n_good else 0
+            j = int(rng.integers(n_good))
             if kind == 0:  # unknown item
-                rows_u.append(rows_u[j]), rows_i.append("i-unknown-%d" % b)
-                rows_t.append("view"), ts.append(ts[j]), rows_s.append(rows_s[j])
+                row = (u_col[j], f"i-unknown-{b}", "view", ts_col[j], s_col[j])
             elif kind == 1:  # missing user id
-                rows_u.append(None), rows_i.append(rows_i[j])
-                rows_t.append("click"), ts.append(ts[j]), rows_s.append(rows_s[j])
+                row = (None, i_col[j], "click", ts_col[j], s_col[j])
             elif kind == 2:  # timestamp in the future
-                rows_u.append(rows_u[j]), rows_i.append(rows_i[j])
-                rows_t.append("view"), rows_s.append(rows_s[j])
-                ts.append(dt.datetime.combine(spec.end_date + dt.timedelta(days=400), dt.time(1), dt.UTC))
+                row = (u_col[j], i_col[j], "view", future, s_col[j])
             else:  # exact duplicate
-                rows_u.append(rows_u[j]), rows_i.append(rows_i[j])
-                rows_t.append(rows_t[j]), ts.append(ts[j]), rows_s.append(rows_s[j])
+                row = (u_col[j], i_col[j], t_col[j], ts_col[j], s_col[j])
+            for lst, v in zip((extra_u, extra_i, extra_t, extra_ts, extra_s), row, strict=True):
+                lst.append(v)
         if spec.bot_users and n_good and day == max(spec.days - 3, 0):
             # A crawler: thousands of views in one day from one account.
             live_ids = cat.item_id[live]
             for k in range(spec.bot_events_per_day * spec.bot_users):
-                rows_u.append(f"bot{k % spec.bot_users:03d}")
-                rows_i.append(live_ids[k % len(live_ids)])
-                rows_t.append("view")
-                ts.append(dt.datetime.fromtimestamp(day_start + k * 30 % 86_000, dt.UTC))
-                rows_s.append(f"bot-{day}")
+                extra_u.append(f"bot{k % spec.bot_users:03d}")
+                extra_i.append(live_ids[k % len(live_ids)])
+                extra_t.append("view")
+                extra_ts.append(day_start + k * 30 % 86_000)
+                extra_s.append(f"bot-{day}")
             n_bad += spec.bot_events_per_day * spec.bot_users
+        all_ts = np.concatenate([ts_col, np.array(extra_ts, dtype=np.float64)])
         _write(
             pa.table(
                 {
-                    "user_id": pa.array(rows_u, type=pa.string()),
-                    "item_id": pa.array(rows_i, type=pa.string()),
-                    "event_type": pa.array(rows_t, type=pa.string()),
-                    "ts": pa.array(ts, type=pa.timestamp("us", tz="UTC")),
-                    "session_id": pa.array(rows_s, type=pa.string()),
+                    "user_id": pa.array(np.concatenate([u_col, np.array(extra_u, dtype=object)]), type=pa.string()),
+                    "item_id": pa.array(np.concatenate([i_col, np.array(extra_i, dtype=object)]), type=pa.string()),
+                    "event_type": pa.array(np.concatenate([t_col, np.array(extra_t, dtype=object)]), type=pa.string()),
+                    "ts": pa.array((all_ts * 1e6).astype(np.int64), type=pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+                    "session_id": pa.array(np.concatenate([s_col, np.array(extra_s, dtype=object)]), type=pa.string()),
                 }
             ),
             out / "events" / f"dt={date.isoformat()}",

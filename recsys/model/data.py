@@ -92,18 +92,18 @@ def load_sequences(path: Path, item_index: pd.Index, type_names: list[str]) -> S
 
 
 def pad_batch(
-    seqs: Sequences, rows: np.ndarray, max_len: int, drop_last: bool = False
+    seqs: Sequences, rows: np.ndarray, max_len: int, drop_last: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-aligned padded batch of the last max_len steps of each row.
 
     Returns items, types, ts (each [B, L] long) and valid [B, L] bool, L = longest row.
-    drop_last removes each row's final step (leave-last-out validation input).
+    drop_last removes each row's final drop_last steps (the validation input).
     """
     parts = []
     for u in rows:
         it, ty, ts = seqs.row(int(u))
         if drop_last:
-            it, ty, ts = it[:-1], ty[:-1], ts[:-1]
+            it, ty, ts = it[:-drop_last], ty[:-drop_last], ts[:-drop_last]
         parts.append((it[-max_len:], ty[-max_len:], ts[-max_len:]))
     L = max(1, max((len(p[0]) for p in parts), default=1))
     B = len(rows)

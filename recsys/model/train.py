@@ -4,8 +4,11 @@ Objective: next-item prediction at every position of each user's sequence (SASRe
 with a sampled softmax over the batch's targets plus uniform random negatives, corrected
 by log of each candidate's expected count in the sample (logQ), so popular items are not
 over-penalised for appearing as negatives more often.
-Validation: leave-last-out on a random val_fraction of users, Recall@20 over the whole
-catalog with the user's history masked; the best epoch is kept (early stopping).
+Validation: a random val_fraction of users keep their last val_tail_steps steps out of
+training; Recall@20 of those (new) items over the whole catalog, history masked, from
+the state before the tail. Several targets per user and a multi-step horizon match the
+training objective and make the signal less noisy than one next item. The best epoch is
+kept (early stopping).
 Training stops at train.time_budget_s, max_epochs or early stopping, whichever first.
 """
 
@@ -83,7 +86,7 @@ class Bundle:
 
     @torch.no_grad()
     def user_vectors(self, seqs: Sequences, table: torch.Tensor, max_len: int, batch_size: int = 512,
-                     rows: np.ndarray | None = None, drop_last: bool = False) -> torch.Tensor:  # fmt: skip
+                     rows: np.ndarray | None = None, drop_last: int = 0) -> torch.Tensor:  # fmt: skip
         """User-tower state after each user's last step: [U, d] (no grad)."""
         was = self.model.training
         self.model.eval()
@@ -175,11 +178,6 @@ def warm_start(model: TwoTower, item_ids: np.ndarray, prev_path: Path) -> dict[s
     return {"from": str(prev_path), "tensors_copied": copied, "tensors_skipped": skipped, "id_rows_copied": moved}
 
 
-def _recall_at(scores: torch.Tensor, targets: torch.Tensor, k: int) -> float:
-    topk = scores.topk(min(k, scores.shape[1]), dim=1).indices
-    return float((topk == targets[:, None]).any(1).float().mean().item()) if len(targets) else 0.0
-
-
 def _positions_and_targets(
     states: torch.Tensor,
     items: torch.Tensor,
@@ -251,7 +249,8 @@ def train_model(cfg: Config, rd: RunDir) -> dict[str, Any]:
     )  # fmt: skip
 
     lengths = seqs.lengths()
-    eligible = np.flatnonzero(lengths >= 3)
+    tail = cfg.train.val_tail_steps
+    eligible = np.flatnonzero(lengths >= tail + 2)
     n_val = int(len(eligible) * cfg.train.val_fraction)
     val_rows = rng.choice(eligible, size=n_val, replace=False) if n_val else np.zeros(0, dtype=np.int64)
     is_val = np.zeros(len(seqs), dtype=bool)
@@ -274,12 +273,16 @@ def train_model(cfg: Config, rd: RunDir) -> dict[str, Any]:
     def validate(table: torch.Tensor, bias: torch.Tensor) -> float:
         if not len(val_rows):
             return float("nan")
-        u = bundle.user_vectors(seqs, table, cfg.model.max_seq_len, rows=val_rows, drop_last=True)
+        u = bundle.user_vectors(seqs, table, cfg.model.max_seq_len, rows=val_rows, drop_last=tail)
         scores = u @ table.T / cfg.train.temperature + bias  # [V, N]
-        targets = torch.tensor([seqs.row(int(r))[0][-1] for r in val_rows], device=device)
-        for j, r in enumerate(val_rows):  # mask the input history
-            scores[j, torch.from_numpy(seqs.row(int(r))[0][:-1]).to(device)] = -1e9
-        return _recall_at(scores, targets, 20)
+        targets = []
+        for j, r in enumerate(val_rows):  # mask the input history; targets = the new tail items
+            hist = seqs.row(int(r))[0]
+            scores[j, torch.from_numpy(hist[:-tail]).to(device)] = -1e9
+            targets.append(set(hist[-tail:].tolist()) - set(hist[:-tail].tolist()))
+        top = scores.topk(min(20, scores.shape[1]), dim=1).indices.cpu().numpy()  # [V, 20]
+        vals = [len(t & set(top[j].tolist())) / min(len(t), 20) for j, t in enumerate(targets) if t]
+        return float(np.mean(vals)) if vals else float("nan")
 
     B = cfg.train.batch_size
     steps_per_epoch = max(1, math.ceil(len(train_rows) / B))
@@ -301,11 +304,13 @@ def train_model(cfg: Config, rd: RunDir) -> dict[str, Any]:
             if len(rows) == 0:
                 break
             items, types, ts, valid = pad_batch(seqs, rows, cfg.model.max_seq_len)
-            # A val user's last step is its validation target: never train on it.
+            # A val user's last `tail` steps are its validation targets: never train on them.
             vmask = is_val[rows]
             if vmask.any():
-                last = valid.sum(1) - 1
-                valid[torch.from_numpy(np.flatnonzero(vmask)), last[torch.from_numpy(vmask)]] = False
+                n_valid = valid.sum(1, keepdim=True)  # [B, 1]
+                pos = torch.arange(valid.shape[1]).unsqueeze(0)  # [1, L]
+                in_tail = (pos >= n_valid - tail) & torch.from_numpy(vmask).unsqueeze(1)
+                valid &= ~in_tail
             items, types, ts, valid = items.to(device), types.to(device), ts.to(device), valid.to(device)
             with scaler_ctx:
                 states = model.user(table[items], types, gap_buckets(ts, valid), valid)  # [B, L, d]
