@@ -19,25 +19,18 @@ from typing import Any
 from recsys.config import Config
 
 
-def code_version() -> str:
+def _git(*args: str) -> str:
     here = Path(__file__).resolve().parent.parent
+    out = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=5, check=False)
+    return out.stdout.strip()
+
+
+def code_version() -> str:
+    """Short commit of the code that ran, '-dirty' when tracked files were modified."""
     try:
-        rev = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        ).stdout.strip()
+        rev = _git("rev-parse", "--short=12", "HEAD")
         if rev:
-            return rev + ("-dirty" if dirty else "")
+            return rev + ("-dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.SubprocessError):
         pass
     return "unknown"
