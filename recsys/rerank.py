@@ -14,7 +14,6 @@ Users without enough history are served a segment fallback homepage built here t
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recsys import jsonio
 from recsys.config import Config
 from recsys.retrieve import Context, load_context
 from recsys.rundir import RunDir
@@ -375,13 +375,13 @@ def build_slates(
 
 def write_slates(slates: dict[str, list[dict[str, Any]]], fallbacks: dict[str, list[dict[str, Any]]], out) -> None:  # type: ignore[no-untyped-def]
     users = sorted(slates)
-    pd.DataFrame(
-        {"user_id": users, "sections": [json.dumps(slates[u], separators=(",", ":")) for u in users]}
-    ).to_parquet(out / "slates.parquet", index=False)
+    pd.DataFrame({"user_id": users, "sections": [jsonio.dumps(slates[u], compact=True) for u in users]}).to_parquet(
+        out / "slates.parquet", index=False
+    )
     segs = sorted(fallbacks)
-    pd.DataFrame(
-        {"segment": segs, "sections": [json.dumps(fallbacks[s], separators=(",", ":")) for s in segs]}
-    ).to_parquet(out / "fallback.parquet", index=False)
+    pd.DataFrame({"segment": segs, "sections": [jsonio.dumps(fallbacks[s], compact=True) for s in segs]}).to_parquet(
+        out / "fallback.parquet", index=False
+    )
     flat = [
         (u, sec["key"], pos, it["item_id"], it["score"], it["source"], it["reason"])
         for u in users

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from recsys import jsonio
 from recsys.config import Config
 
 
@@ -75,11 +74,7 @@ class RunDir:
         return m
 
     def write_manifest(self, m: dict[str, Any]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".manifest.", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(m, f, indent=2, sort_keys=True, default=str)
-        os.replace(tmp, self.manifest_path)
+        jsonio.write(self.manifest_path, m)
 
     def record_stage(self, stage: str, info: dict[str, Any]) -> dict[str, Any]:
         m = self.read_manifest() or self.init_manifest()

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recsys import jsonio
 from recsys.config import Config
 from recsys.evaluation.metrics import catalog_coverage, intra_list_diversity, mean_metrics
 from recsys.rerank import build_slates, flatten
@@ -179,7 +180,7 @@ def run_evaluate(cfg: Config, rd: RunDir) -> dict[str, Any]:
 
 
 def _write(rd: RunDir, result: dict[str, Any]) -> None:
-    rd.path("metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
+    jsonio.write(rd.path("metrics.json"), result)
     rd.path("report.html").write_text(render_report(rd, result))
 
 

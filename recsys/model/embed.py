@@ -8,7 +8,6 @@ users_<split>.parquet (user_id, row). All vectors are L2-normalised.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -18,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from recsys import jsonio
 from recsys.config import Config
 from recsys.model.data import load_catalog, load_sequences
 from recsys.model.train import load_bundle
@@ -41,7 +41,7 @@ def embed_all(cfg: Config, rd: RunDir) -> dict[str, Any]:
     np.save(out / "items.npy", table.cpu().numpy().astype(np.float32))
     np.save(out / "item_bias.npy", bias.cpu().numpy().astype(np.float32))
     # Retrieval scores <u, v> / temperature + bias, exactly as training did.
-    (out / "scoring.json").write_text(json.dumps({"temperature": cfg.train.temperature}))
+    jsonio.write(out / "scoring.json", {"temperature": cfg.train.temperature})
     pq.write_table(pa.table({"item_id": catalog.ids.astype(str), "row": np.arange(len(catalog.ids))}),
                    out / "items.parquet")  # fmt: skip
     info: dict[str, Any] = {

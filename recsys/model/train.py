@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from recsys import jsonio
 from recsys.config import Config
 from recsys.device import torch_device
 from recsys.model.data import Catalog, Sequences, load_catalog, load_sequences, pad_batch
@@ -378,7 +379,7 @@ def train_model(cfg: Config, rd: RunDir) -> dict[str, Any]:
         "split": split,
         "model_hash": model_hash,
     }
-    (out / "meta.json").write_text(json.dumps(meta))
+    jsonio.write(out / "meta.json", meta, indent=None)
     elapsed = time.time() - t_loop
     info = {
         "device": str(device),

@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+
+from recsys import jsonio
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 
@@ -33,7 +36,23 @@ class PublishError(RuntimeError):
     """Publishing refused or failed; the previous homepage stays served."""
 
 
+# The URL forms people write for PostgreSQL, mapped to the driver this project pins.
+# SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which is not installed, and
+# rejects the postgres:// scheme that Heroku-style environments hand out.
+_PG_ALIASES = {"postgres", "postgresql", "postgres+psycopg2", "postgresql+psycopg2"}
+
+
+def normalise_url(url: str) -> str:
+    """postgresql://, postgres:// and postgresql+psycopg2:// -> the psycopg2 driver;
+    any other URL (sqlite, an explicitly named other driver) is returned unchanged."""
+    u = make_url(url)
+    if u.drivername in _PG_ALIASES:
+        u = u.set(drivername="postgresql+psycopg2")
+    return u.render_as_string(hide_password=False)
+
+
 def make_engine(url: str) -> Engine:
+    url = normalise_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url)
 
@@ -157,8 +176,8 @@ def begin_run(
         "slates_table": n.q(f"slates_{base}"),
         "fallback_table": n.q(f"fallback_{base}"),
         "status": "loading",
-        "metrics": json.dumps(metrics, default=str),
-        "manifest": json.dumps(manifest, default=str),
+        "metrics": jsonio.dumps(metrics),
+        "manifest": jsonio.dumps(manifest),
     }
     _insert_run(conn, row)
     return row

@@ -13,7 +13,8 @@ from sqlalchemy import text
 from recsys.publish import db
 
 D1, D2 = dt.date(2026, 11, 21), dt.date(2026, 11, 22)
-PG_ADMIN = os.environ.get("RECSYS_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+# The bare URL form users write (issue 5): make_engine maps it to the pinned psycopg2.
+PG_ADMIN = os.environ.get("RECSYS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def _pg_available() -> bool:
@@ -53,6 +54,21 @@ def engine(request, tmp_path):
         db.apply_migrations(c)
     yield e
     e.dispose()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://u@h/db", "postgresql+psycopg2://u@h/db"),
+        ("postgres://u:p%40ss@h:5433/db", "postgresql+psycopg2://u:p%40ss@h:5433/db"),
+        ("postgresql+psycopg2://u@h/db", "postgresql+psycopg2://u@h/db"),
+        ("sqlite:////tmp/x.sqlite", "sqlite:////tmp/x.sqlite"),
+    ],
+)
+def test_url_forms_map_to_the_pinned_driver(url, expected):
+    """Issue 5: SQLAlchemy maps a bare postgresql:// to psycopg 3, which is not installed."""
+    assert db.normalise_url(url) == expected
+    assert db.make_engine(url).dialect.driver == ("pysqlite" if url.startswith("sqlite") else "psycopg2")
 
 
 def page(tag):

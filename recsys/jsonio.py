@@ -1,0 +1,69 @@
+"""Strict JSON for everything the product writes: manifest, metrics, pages, model meta.
+
+PostgreSQL's json/jsonb (and every strict parser: browsers, Go, Java) rejects the
+``NaN``/``Infinity`` tokens that Python's json module writes by default, while SQLite
+accepts them; one NaN in a manifest once made every PostgreSQL publish fail. So every
+writer goes through `dumps` here:
+- a non-finite float (NaN, +/-Infinity, also numpy's) becomes ``null``: "no value";
+- numpy scalars and arrays become plain numbers and lists; dates become ISO text;
+  anything else unknown becomes its ``str`` (as ``default=str`` did before);
+- ``allow_nan=False`` then guarantees that no such token can slip through.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def strict(obj: Any) -> Any:
+    """obj with every non-finite float replaced by None and numpy/date types made plain."""
+    if isinstance(obj, float | np.floating):
+        x = float(obj)
+        return x if math.isfinite(x) else None
+    if isinstance(obj, bool | np.bool_):
+        return bool(obj)
+    if isinstance(obj, int | np.integer):
+        return int(obj)
+    if obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): strict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        return [strict(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [strict(v) for v in obj.tolist()]
+    if isinstance(obj, dt.date | dt.datetime):
+        return obj.isoformat()
+    return str(obj)
+
+
+def dumps(obj: Any, *, indent: int | None = None, sort_keys: bool = False, compact: bool = False) -> str:
+    """Strict JSON text (RFC 8259): never NaN or Infinity tokens."""
+    seps = (",", ":") if compact else None
+    return json.dumps(strict(obj), indent=indent, sort_keys=sort_keys, allow_nan=False, separators=seps)
+
+
+def write(path: str | Path, obj: Any, *, indent: int | None = 2, sort_keys: bool = True) -> None:
+    """Write strict JSON atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(dumps(obj, indent=indent, sort_keys=sort_keys))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
