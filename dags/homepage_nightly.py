@@ -21,7 +21,9 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import DAG, Param, get_current_context, task
 
-STAGES = ["validate", "aggregate", "train", "embed", "retrieve", "rerank", "evaluate", "publish"]
+# The stage list lives in recsys/pipeline.py (cheap to import: no torch, no Spark).
+from recsys.pipeline import STAGES
+
 GPU_STAGES = {"train", "embed"}
 TIMEOUTS = {"train": timedelta(hours=4), "embed": timedelta(hours=2)}
 GPU_QUEUE = os.environ.get("RECSYS_GPU_QUEUE")

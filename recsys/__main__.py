@@ -236,14 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--to", dest="to_stage", choices=list(STAGES), help="last stage")
     s.set_defaults(func=cmd_run)
 
+    from recsys.pipeline import STAGE_FUNCTIONS
+
     for name in STAGES:
-        doc = {"validate": "read the input contract, quarantine bad rows",
-               "aggregate": "Spark features: sequences, item stats, co-visitation, splits",
-               "train": "fine-tune the two-tower model", "embed": "embed every item and user",
-               "retrieve": "candidates from FAISS and the other sources",
-               "rerank": "diversify and build sections + fallbacks",
-               "evaluate": "holdout metrics vs baselines, the publish gate",
-               "publish": "load into the database and switch atomically"}[name]  # fmt: skip
+        doc = STAGE_FUNCTIONS[name][2]
         s = sub.add_parser(name, help=f"stage: {doc}")
         _common(s)
         s.set_defaults(func=cmd_stage)

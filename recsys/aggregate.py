@@ -1,16 +1,18 @@
 """Validate and aggregate with Spark: pure DataFrame -> DataFrame transforms + a thin main.
 
-Outputs for a run (under features/<split>/, split = "train" (history before the holdout
-cutoff, used to fit and evaluate) and "full" (history before the run date, used to
-serve); with holdout_days = 0 they are the same and only "full" is written):
+Outputs for a run (under features/<split>/, split = "full" (history before the run
+date, used to serve), "train" (when evaluating: history before the time split, or
+without each user's last steps) and "rank" (the models' split without each user's last
+rank.label_steps steps, the ranker's training state); see `_splits`):
 - sequences:   user_id, items array<string>, types array<string>, ts array<timestamp>
                (positive events in time order, consecutive repeats of one item collapsed
-               to its strongest event type, last model.max_seq_len steps)
+               to its strongest event type, last model.max_history steps)
 - item_stats:  every catalog item with n_events, n_users, pop_score, trend_score,
                first_event_ts, category, created_at, available
 - covisitation: item_id, neighbor_id, score, rank (directed: neighbour follows item)
 - exclusions:  user_id, item_id the user must not be shown again (per exclude_policy)
-and once per run: catalog (clean items), holdout (user_id, item_id), quarantine/.
+and once per run: catalog (clean items), holdout and rank_labels (user_id, item_id, ts,
+grade = strongest event weight), quarantine/.
 """
 
 from __future__ import annotations
@@ -284,12 +286,51 @@ def exclusions(inter: DataFrame, policy: str, cutoff: dt.date) -> DataFrame:
     return ev.select("user_id", "item_id").distinct()
 
 
+def targets(positives: DataFrame) -> DataFrame:
+    """Positive events -> (user_id, item_id, ts = first time, grade = strongest weight)."""
+    from pyspark.sql import functions as F
+
+    return positives.groupBy("user_id", "item_id").agg(F.min("ts").alias("ts"), F.max("weight").alias("grade"))
+
+
 def holdout(inter: DataFrame, start: dt.date, end: dt.date) -> DataFrame:
-    """Positive (user, item) pairs with start <= ts < end: the evaluation targets."""
+    """Positive (user, item) pairs with start <= ts < end: the time protocol's targets."""
     from pyspark.sql import functions as F
 
     ev = inter.where(F.col("positive") & (F.col("ts") >= _ts_lit(start)) & (F.col("ts") < _ts_lit(end)))
-    return ev.groupBy("user_id", "item_id").agg(F.min("ts").alias("ts"))
+    return targets(ev)
+
+
+def cut_last_steps(inter: DataFrame, n: int) -> tuple[DataFrame, DataFrame]:
+    """(before, after) for a per-user leave-last-n split.
+
+    Steps are positive events with consecutive repeats of one item collapsed (as in
+    `sequences`), ordered by (ts, item_id, event_type). For every user with more than n
+    steps, the last n steps are cut: `after` holds the positive events from the first
+    cut step on (the targets), `before` every event (positive or not) strictly before
+    it. Users with n or fewer steps are not cut: all their events stay in `before`.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    order = Window.partitionBy("user_id").orderBy("ts", "item_id", "event_type")
+    df = inter.withColumn("_ord", F.row_number().over(order))
+    w = Window.partitionBy("user_id").orderBy("_ord")
+    pos = df.where(F.col("positive")).withColumn("_prev", F.lag("item_id").over(w))
+    pos = pos.withColumn("_new", (F.col("_prev").isNull() | (F.col("_prev") != F.col("item_id"))).cast("int"))
+    pos = pos.withColumn("_step", F.sum("_new").over(w.rowsBetween(Window.unboundedPreceding, 0)))
+    pos = pos.withColumn("_steps", F.max("_step").over(Window.partitionBy("user_id")))
+    cut = (
+        pos.where((F.col("_steps") > n) & (F.col("_step") > F.col("_steps") - n))
+        .groupBy("user_id")
+        .agg(F.min("_ord").alias("_cut"))
+    )
+    df = df.join(cut, "user_id", "left")
+    keep = F.col("_cut").isNull() | (F.col("_ord") < F.col("_cut"))
+    cols = inter.columns
+    before = df.where(keep).select(*cols)
+    after = df.where(~keep & F.col("positive")).select(*cols)
+    return before, after
 
 
 def _write(df: DataFrame, path: str, files: int = 1) -> None:
@@ -361,8 +402,40 @@ def run_validate(cfg: Config, rd: RunDir) -> dict[str, object]:
     return counts
 
 
+def _splits(
+    cfg: Config, inter: DataFrame, run_date: dt.date
+) -> tuple[dict[str, tuple[DataFrame, dt.date]], dict[str, DataFrame]]:
+    """The feature splits as (interactions, cutoff) and their target tables.
+
+    full   everything before the run date (serving)
+    train  evaluating: before the time split, or without each user's last steps
+    rank   the ranker's training state: the models' split (train or full) without each
+           user's last rank.label_steps steps, which become rank_labels
+    """
+    from pyspark.sql import functions as F
+
+    ec = cfg.evaluate
+    splits = {"full": (inter, run_date)}
+    tables: dict[str, DataFrame] = {}
+    if ec.enabled and ec.protocol == "time":
+        split_date = run_date - dt.timedelta(days=ec.holdout_days)
+        splits["train"] = (inter, split_date)
+        tables["holdout"] = holdout(inter, split_date, run_date)
+    elif ec.enabled:
+        before, after = cut_last_steps(inter, ec.leave_last_n)
+        splits["train"] = (before.cache(), run_date)
+        tables["holdout"] = targets(after)
+    if cfg.rank.enabled:
+        base, cutoff = splits["train"] if "train" in splits else splits["full"]
+        before, after = cut_last_steps(base.where(F.col("ts") < _ts_lit(cutoff)), cfg.rank.label_steps)
+        splits["rank"] = (before.cache(), cutoff)
+        tables["rank_labels"] = targets(after)
+    return splits, tables
+
+
 def run_aggregate(cfg: Config, rd: RunDir) -> dict[str, object]:
-    """validated/ -> features/ (sequences, item_stats, covisitation, exclusions, holdout)."""
+    """validated/ -> features/ (sequences, item_stats, covisitation, exclusions per split;
+    holdout and rank_labels)."""
     from recsys.spark import get_spark
 
     t0 = time.time()
@@ -372,26 +445,26 @@ def run_aggregate(cfg: Config, rd: RunDir) -> dict[str, object]:
     clean = spark.read.parquet(str(rd.require("validated", "events")))
     inter = interactions(clean, cfg.events.weights, cfg.events.min_rating_positive).cache()
     _write(catalog, str(rd.path("features", "catalog")))
-    counts: dict[str, object] = {}
-    holdout_days = cfg.evaluate.holdout_days
-    split_date = run_date - dt.timedelta(days=holdout_days)
-    splits = {"full": run_date}
-    if holdout_days > 0:
-        splits["train"] = split_date
-        _write(holdout(inter, split_date, run_date), str(rd.path("features", "holdout")))
-        counts["holdout_pairs"] = spark.read.parquet(str(rd.path("features", "holdout"))).count()
-        counts["split_date"] = split_date.isoformat()
-    for name, cutoff in splits.items():
-        seqs = sequences(inter, cutoff, cfg.model.max_seq_len)
+    counts: dict[str, object] = {"protocol": cfg.evaluate.protocol if cfg.evaluate.enabled else "none"}
+    splits, tables = _splits(cfg, inter, run_date)
+    for name, table in tables.items():
+        _write(table, str(rd.path("features", name)))
+        counts[f"{name}_pairs"] = spark.read.parquet(str(rd.path("features", name))).count()
+    for name, (ev, cutoff) in splits.items():
+        if name == "train" and cfg.evaluate.protocol == "time":
+            counts["split_date"] = cutoff.isoformat()
+        seqs = sequences(ev, cutoff, cfg.model.max_history)
         _write(seqs, str(rd.path("features", name, "sequences")))
         seqs = spark.read.parquet(str(rd.path("features", name, "sequences")))
         _write(
-            item_stats(inter, catalog, cutoff, cfg.retrieve.trending_days), str(rd.path("features", name, "item_stats"))
+            item_stats(ev, catalog, cutoff, cfg.retrieve.trending_days), str(rd.path("features", name, "item_stats"))
         )
         _write(covisitation(seqs, cfg.retrieve.covis_window, cfg.retrieve.covis_neighbors),
                str(rd.path("features", name, "covisitation")))  # fmt: skip
-        _write(exclusions(inter, cfg.events.exclude_policy, cutoff), str(rd.path("features", name, "exclusions")))
+        _write(exclusions(ev, cfg.events.exclude_policy, cutoff), str(rd.path("features", name, "exclusions")))
         counts[f"{name}_users"] = seqs.count()
+        if ev is not inter:
+            ev.unpersist()
     counts["splits"] = sorted(splits)
     counts["seconds"] = round(time.time() - t0, 1)
     log.info("aggregate: %s", counts)

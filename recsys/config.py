@@ -35,6 +35,8 @@ class _Section(BaseModel):
 class PathsConfig(_Section):
     data_root: str = "data/synthetic"
     work_root: str = "work"
+    # Caches shared across nights (item text vectors); default <work_root>/cache.
+    cache_root: str | None = None
 
 
 class EventsConfig(_Section):
@@ -89,7 +91,11 @@ class ModelConfig(_Section):
     encoder_path: str | None = None
     max_text_len: int = Field(default=48, ge=8, le=512)
     dim: int = Field(default=64, ge=8)
+    # The user tower reads the last max_seq_len steps; aggregate keeps max_history steps
+    # per user (training slides max_seq_len windows over all of them, co-visitation
+    # counts pairs in all of them).
     max_seq_len: int = Field(default=50, ge=2)
+    max_history: int = Field(default=200, ge=2)
     user_layers: int = Field(default=2, ge=1)
     user_heads: int = Field(default=2, ge=1)
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
@@ -114,18 +120,30 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Wall-clock budget for the optimisation loop; training stops at the budget, at
-    # max_epochs or at early stopping, whichever comes first.
-    time_budget_s: float = Field(default=90.0, gt=0)
-    max_epochs: int = Field(default=30, ge=1)
+    # max_epochs or at early stopping, whichever comes first. None = scale with the
+    # data: auto_budget_epochs times the first epoch's duration, between 60 s and
+    # max_auto_budget_s (every epoch sees every position, so its time grows with the
+    # number of events).
+    time_budget_s: float | None = Field(default=None, gt=0)
+    auto_budget_epochs: int = Field(default=40, ge=1)
+    max_auto_budget_s: float = Field(default=1800.0, gt=0)
+    max_epochs: int = Field(default=100, ge=1)
+    # Windows (of up to model.max_seq_len + 1 steps) per optimisation step.
     batch_size: int = Field(default=64, gt=1)
-    # Positions (user prefix -> next item) per step that enter the loss.
-    positions_per_step: int = Field(default=256, ge=8)
+    # Positions (user prefix -> target) per step that enter the loss; 0 = every position
+    # of every user in the batch (SASRec: each epoch sees each transition once).
+    positions_per_step: int = Field(default=0, ge=0)
+    # Catalogs up to this size train with a full softmax over every item (exact, no
+    # sampling bias; the item table is recomputed with gradients each step, cheap with a
+    # cached encoder: [N, 384] x [384, d]); larger ones with a sampled softmax over the
+    # batch's targets plus n_uniform_negatives, logQ-corrected.
+    full_softmax_max_items: int = Field(default=60_000, ge=0)
     n_uniform_negatives: int = Field(default=256, ge=0)
-    # Training target for position t: a random later step of the same user within this
-    # horizon (the next step is always eligible). A nightly homepage serves the next
-    # day(s), not the next click: this is PinnerFormer's "dense all-action" objective.
-    # 0 = classic next-item prediction.
-    target_horizon_days: float = Field(default=7.0, ge=0)
+    # Training target for position t: next_item = step t + 1 (SASRec); horizon = a
+    # random later step within target_horizon_days (the next step always eligible):
+    # PinnerFormer's "dense all-action" objective for a page served for a day.
+    objective: Literal["next_item", "horizon"] = "next_item"
+    target_horizon_days: float = Field(default=7.0, gt=0)
     lr: float = Field(default=2e-3, gt=0)
     encoder_lr: float = Field(default=3e-5, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
@@ -137,7 +155,8 @@ class TrainConfig(_Section):
     early_stopping_patience: int = Field(default=3, ge=1)
     warm_start: bool = True
     seed: int = 42
-    mixed_precision: bool = True  # used only on CUDA
+    # bf16 autocast on CUDA (no effect on CPU, where it is slower than fp32).
+    mixed_precision: bool = True
 
 
 class RetrieveConfig(_Section):
@@ -167,10 +186,47 @@ class RetrieveConfig(_Section):
     )
 
 
+class RankConfig(_Section):
+    """The learned ranking stage (recsys/rank.py): LightGBM lambdarank over every
+    candidate of every user, trained each night on a split inside the training window."""
+
+    enabled: bool = True
+    # Labels: each user's last label_steps steps (graded by event weight), candidates and
+    # features from the state before them (features/rank/).
+    label_steps: int = Field(default=1, ge=1)
+    # Fewer label users with a positive among their candidates than this: no ranker,
+    # the RRF blend is the ranked list (logged with the reason).
+    min_train_users: int = Field(default=50, ge=2)
+    max_train_users: int = Field(default=100_000, ge=10)
+    # Users kept aside to early-stop the ranker and to compare it with the blend.
+    val_fraction: float = Field(default=0.2, gt=0.0, lt=0.5)
+    n_estimators: int = Field(default=400, ge=1)
+    learning_rate: float = Field(default=0.05, gt=0)
+    num_leaves: int = Field(default=31, ge=2)
+    min_data_in_leaf: int = Field(default=50, ge=1)
+    early_stopping_rounds: int = Field(default=40, ge=1)
+    # After early stopping chose the rounds, train again on every label user.
+    refit_on_all: bool = True
+    # Candidates per user written to ranked.parquet.
+    top_k: int = Field(default=100, ge=1)
+    # The user's last this-many items are compared with each candidate (similarity).
+    recent_items: int = Field(default=5, ge=1)
+
+
 class SectionSpec(_Section):
-    key: Literal["top_picks", "because_you_viewed", "trending", "new_for_you", "discover"]
+    # A key of recsys.rerank.SECTIONS (the section registry).
+    key: str
     title: str
     size: int = Field(ge=1)
+
+    @field_validator("key")
+    @classmethod
+    def _known_section(cls, v: str) -> str:
+        from recsys.rerank import SECTIONS  # the registry lives with the section code
+
+        if v not in SECTIONS:
+            raise ValueError(f"unknown section {v!r}; known: {', '.join(SECTIONS)}")
+        return v
 
 
 class RerankConfig(_Section):
@@ -204,29 +260,43 @@ class RerankConfig(_Section):
 
 
 class EvaluateConfig(_Section):
-    # Days before the logical date held out for evaluation; 0 = train on everything up
-    # to the date, no internal holdout (and no gate).
+    # time: hold out the last holdout_days before the logical date (every user's events
+    # in that window are the targets); 0 = train on everything, no internal evaluation
+    # (and no gate). leave_last: hold out each user's last leave_last_n steps (data whose
+    # users do not return across days, e.g. MovieLens: 610 evaluable users on
+    # ml-latest-small instead of 31 with a time split); holdout_days is then unused.
+    protocol: Literal["time", "leave_last"] = "time"
     holdout_days: int = Field(default=7, ge=0)
+    leave_last_n: int = Field(default=1, ge=1)
     ks: list[int] = Field(default_factory=lambda: [10, 20, 50])
-    gate_metric: str = "recall@20"
-    # What the gate judges: the two-tower retrieval alone (default: a broken or stale
-    # model must not publish), the fused candidate list (blended), or the published page
-    # in reading order (homepage; it spends slots on trending/new/long-tail sections on
-    # purpose, so it is reported beside the others but is a poor accuracy gate).
-    gate_method: Literal["homepage", "blended", "two_tower"] = "two_tower"
-    # The model must reach this fraction of the popularity baseline's gate metric.
-    gate_min_ratio_vs_popularity: float = Field(default=1.0, ge=0.0)
+    gate_metric: str = "ndcg@10"
+    # What the gate judges: the ranked list (default: what the homepage is built from),
+    # the two-tower retrieval alone, the RRF blend, or the published page in reading
+    # order (homepage; it spends slots on trending/new/long-tail sections on purpose, so
+    # it is reported beside the others but is a poor accuracy gate).
+    gate_method: Literal["ranked", "homepage", "blended", "two_tower"] = "ranked"
+    # The gated method must reach this fraction of the best in-run baseline's gate
+    # metric (the baselines: popularity, last-item co-occurrence, EASE where computed).
+    gate_min_ratio_vs_baseline: float = Field(default=1.0, ge=0.0)
+    # EASE (closed form, an item x item solve) is computed for catalogs up to this size.
+    ease_max_items: int = Field(default=20_000, ge=0)
+    ease_lambda: float = Field(default=200.0, gt=0)
     # And may not fall more than this fraction below the previous published run.
     gate_max_drop_vs_previous: float = Field(default=0.25, ge=0.0, le=1.0)
     gate_enabled: bool = True
     max_eval_users: int = Field(default=50_000, ge=1)
 
+    @property
+    def enabled(self) -> bool:
+        """Whether this run holds data out and evaluates (and gates) at all."""
+        return self.protocol == "leave_last" or self.holdout_days > 0
+
     @model_validator(mode="after")
     def _gate_metric_known(self) -> EvaluateConfig:
         name, _, k = self.gate_metric.partition("@")
-        if name not in {"recall", "ndcg", "hit_rate"} or not k.isdigit() or int(k) not in self.ks:
+        if name not in {"recall", "ndcg", "hit_rate", "mrr"} or not k.isdigit() or int(k) not in self.ks:
             raise ValueError(
-                f"gate_metric {self.gate_metric!r} must be recall@K, ndcg@K or hit_rate@K with K in ks={self.ks}"
+                f"gate_metric {self.gate_metric!r} must be recall@K, ndcg@K, mrr@K or hit_rate@K with K in ks={self.ks}"
             )
         return self
 
@@ -248,6 +318,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     retrieve: RetrieveConfig = Field(default_factory=RetrieveConfig)
+    rank: RankConfig = Field(default_factory=RankConfig)
     rerank: RerankConfig = Field(default_factory=RerankConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
@@ -277,6 +348,20 @@ class Config(_Section):
         d.pop("paths", None)
         d["publish"].pop("database_url", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+    def cache_dir(self) -> Path:
+        return Path(self.paths.cache_root or Path(self.paths.work_root) / "cache")
+
+    def type_names(self) -> list[str]:
+        """Event types in a fixed order (the model's type-embedding rows)."""
+        return sorted(self.events.weights)
+
+    def model_split(self) -> str:
+        """The feature split the models learn from: rank (the ranker's labels are held
+        out of it) when the ranker is on, else train (evaluating) or full."""
+        if self.rank.enabled:
+            return "rank"
+        return "train" if self.evaluate.enabled else "full"
 
     def resolved_run_id(self) -> str:
         return self.run_id

@@ -20,28 +20,23 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 
 def strict(obj: Any) -> Any:
-    """obj with every non-finite float replaced by None and numpy/date types made plain."""
-    if isinstance(obj, float | np.floating):
-        x = float(obj)
-        return x if math.isfinite(x) else None
-    if isinstance(obj, bool | np.bool_):
-        return bool(obj)
-    if isinstance(obj, int | np.integer):
-        return int(obj)
-    if obj is None or isinstance(obj, str):
+    """obj with every non-finite float replaced by None and numpy/date types made plain.
+    (numpy values are recognised by duck typing so that this module, imported by the
+    pipeline at DAG parse time, does not import numpy.)"""
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str | int):
         return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {str(k): strict(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple | set | frozenset):
         return [strict(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [strict(v) for v in obj.tolist()]
     if isinstance(obj, dt.date | dt.datetime):
         return obj.isoformat()
+    if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):
+        return strict(obj.tolist())  # numpy scalar -> Python scalar, array -> list
     return str(obj)
 
 

@@ -4,8 +4,9 @@
     aggregate  validated/ -> features/{train,full}/ + holdout     (Spark)
     train      features/ -> model/                                (torch; GPU if present)
     embed      model/ -> embeddings/ (every item, every user)     (torch)
-    retrieve   embeddings/ + features/ -> candidates/             (FAISS + other sources)
-    rerank     candidates/ -> slates/ (sections, reasons, fallbacks)
+    retrieve   embeddings/ + features/ -> candidates/by_source    (FAISS + other sources)
+    rank       features/rank -> ranker/; candidates -> candidates/ranked (LightGBM lambdarank)
+    rerank     candidates/ranked -> slates/ (diversified sections, reasons, fallbacks)
     evaluate   holdout metrics vs baselines -> metrics.json, report.html, gate
     publish    slates/ -> database (new table, atomic switch)     (SQLite or PostgreSQL)
 
@@ -30,24 +31,26 @@ from recsys.rundir import RunDir
 log = logging.getLogger(__name__)
 
 
-# stage -> (module, function). Modules are imported when the stage runs, so importing
-# this file (as the Airflow DAG does at parse time) costs nothing. Every function takes
-# (cfg, rd) and returns a JSON-able info dict.
-STAGE_FUNCTIONS: dict[str, tuple[str, str]] = {
-    "validate": ("recsys.aggregate", "run_validate"),
-    "aggregate": ("recsys.aggregate", "run_aggregate"),
-    "train": ("recsys.model.train", "train_model"),
-    "embed": ("recsys.model.embed", "embed_all"),
-    "retrieve": ("recsys.retrieve", "run_retrieve"),
-    "rerank": ("recsys.rerank", "run_rerank"),
-    "evaluate": ("recsys.evaluation.evaluate", "run_evaluate"),
-    "publish": ("recsys.publish.publish", "run_publish"),
+# stage -> (module, function, what it does). Modules are imported when the stage runs,
+# so importing this file (as the Airflow DAG does at parse time) costs nothing. Every
+# function takes (cfg, rd) and returns a JSON-able info dict. The DAG, the CLI and the
+# docs take the stage list from here.
+STAGE_FUNCTIONS: dict[str, tuple[str, str, str]] = {
+    "validate": ("recsys.aggregate", "run_validate", "read the input contract, quarantine bad rows"),
+    "aggregate": ("recsys.aggregate", "run_aggregate", "Spark features: sequences, item stats, co-visitation, splits"),
+    "train": ("recsys.model.train", "train_model", "fine-tune the two-tower model"),
+    "embed": ("recsys.model.embed", "embed_all", "embed every item and user"),
+    "retrieve": ("recsys.retrieve", "run_retrieve", "candidates from FAISS and the other sources"),
+    "rank": ("recsys.rank", "run_rank", "learned ranker (LightGBM lambdarank) over every candidate"),
+    "rerank": ("recsys.rerank", "run_rerank", "diversify and build sections + fallbacks"),
+    "evaluate": ("recsys.evaluation.evaluate", "run_evaluate", "holdout metrics vs baselines, the publish gate"),
+    "publish": ("recsys.publish.publish", "run_publish", "load into the database and switch atomically"),
 }
 STAGES = list(STAGE_FUNCTIONS)
 
 
 def stage_function(stage: str) -> Callable[[Config, RunDir], dict[str, Any]]:
-    module, name = STAGE_FUNCTIONS[stage]
+    module, name, _doc = STAGE_FUNCTIONS[stage]
     return getattr(importlib.import_module(module), name)
 
 

@@ -2,12 +2,12 @@
 
 Per user, in the configured section order, each section draws from its own candidate
 pool and skips items already placed in an earlier section (no duplicates on a page):
-- top_picks:          blended candidates, diversified with MMR (or greedy DPP)
+- top_picks:          the ranker's candidates, diversified with MMR (or greedy DPP)
 - because_you_viewed: what followed the most recent anchor item (co-visitation)
 - trending:           trending in the user's top category
 - new_for_you:        new arrivals ranked by the user vector (cold-start items)
 - discover:           long-tail items (popularity beyond the configured quantile)
-                      from the two-tower candidates: the long-tail exposure quota
+                      from the ranked candidates: the long-tail exposure quota
 Every section applies the category cap. Every slot carries its source, score and reason.
 Users without enough history are served a segment fallback homepage built here too.
 """
@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from recsys import jsonio
-from recsys.config import Config
-from recsys.retrieve import Context, load_context
+from recsys.config import Config, SectionSpec
+from recsys.retrieve import SOURCES, Context, load_context
 from recsys.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -106,15 +106,6 @@ def dpp_select(
 
 
 # ---- sections -------------------------------------------------------------------------
-REASONS: dict[str, Callable[[str], str]] = {
-    "two_tower": lambda a: "Picked for your interests",
-    "covisitation": lambda a: f"Often viewed after {a}",
-    "trending": lambda a: f"Trending in {a}",
-    "new_arrivals": lambda a: "New arrival that matches your interests",
-    "popularity": lambda a: "Popular right now",
-}
-
-
 def leaf(category: str) -> str:
     return category.split(">")[-1].strip() if category else ""
 
@@ -160,53 +151,64 @@ class SectionBuilder:
         return out
 
     def build(self, user: str, ranked: Pool, by_source: dict[str, Pool]) -> list[dict[str, Any]]:
-        """ranked: this user's blended candidates; by_source: this user's per-source ones."""
+        """ranked: this user's ranked candidates; by_source: this user's per-source ones.
+        Sections are filled in the configured order; an item appears once per page."""
         used: set[int] = set()  # catalog rows already on the page
         sections: list[dict[str, Any]] = []
         for spec in self.cfg.rerank.sections:
-            items: list[dict[str, Any]] = []
-            title = spec.title
-            if spec.key == "top_picks":
-                pool = ranked.without(used)
-                items = self._slots(pool, self._diversify(pool, spec.size), lambda p, pl=pool: self._reason(pl, p))
-            elif spec.key == "because_you_viewed":
-                pool = by_source.get("covisitation", Pool.empty()).without(used)
-                if len(pool):
-                    # The most recent anchor that still has unused follow-ups.
-                    anchors = set(pool.anchor.tolist())
-                    hist = [str(self.ctx.catalog.ids[i]) for i in self.ctx.history(user)[::-1]]
-                    anchor = next((x for x in hist if x in anchors), pool.anchor[0])
-                    pool = pool.where(pool.anchor == anchor)
-                    name = self.title(anchor)
-                    items = self._slots(
-                        pool, self._diversify(pool, spec.size), lambda p, n=name: f"Because you viewed {n}"
-                    )
-                    title = spec.title.format(anchor=name)
-            elif spec.key == "trending":
-                pool = by_source.get("trending", Pool.empty()).without(used)
-                if len(pool):
-                    cat_name = leaf(str(pool.anchor[0]))
-                    pool = pool.where(pool.anchor == pool.anchor[0])
-                    picks = list(range(min(spec.size, len(pool))))  # one category: no cap
-                    items = self._slots(pool, picks, lambda p, c=cat_name: f"Trending in {c}")
-                    title = spec.title.format(category=cat_name)
-            elif spec.key == "new_for_you":
-                pool = by_source.get("new_arrivals", Pool.empty()).without(used)
-                items = self._slots(
-                    pool, self._diversify(pool, spec.size), lambda p: "New arrival that matches your interests"
-                )
-            elif spec.key == "discover":
-                pool = by_source.get("two_tower", Pool.empty()).without(used)
-                pool = pool.where(self.long_tail[pool.rows])
-                items = self._slots(
-                    pool,
-                    self._diversify(pool, spec.size),
-                    lambda p: "Off the beaten track: fewer people have found this yet",
-                )
+            items, title = SECTIONS[spec.key](self, spec, user, ranked, by_source, used)
             if items:
                 used.update(self.row_of[s["item_id"]] for s in items)
                 sections.append({"key": spec.key, "title": title, "items": items})
         return sections
+
+    # ---- one method per section (registered in SECTIONS below) -------------------------
+    # Each returns (slots, title) for one user; `used` holds the rows already on the page.
+    def top_picks(self, spec: SectionSpec, user: str, ranked: Pool, by_source: dict[str, Pool],
+                  used: set[int]) -> tuple[list[dict[str, Any]], str]:  # fmt: skip
+        """The ranked candidates, diversified (MMR or DPP) under the category cap."""
+        pool = ranked.without(used)
+        return self._slots(pool, self._diversify(pool, spec.size), lambda p: self._reason(pool, p)), spec.title
+
+    def because_you_viewed(self, spec: SectionSpec, user: str, ranked: Pool, by_source: dict[str, Pool],
+                           used: set[int]) -> tuple[list[dict[str, Any]], str]:  # fmt: skip
+        """What followed the most recent history item that still has unused follow-ups."""
+        pool = by_source.get("covisitation", Pool.empty()).without(used)
+        if not len(pool):
+            return [], spec.title
+        anchors = set(pool.anchor.tolist())
+        hist = [str(self.ctx.catalog.ids[i]) for i in self.ctx.history(user)[::-1]]
+        anchor = next((x for x in hist if x in anchors), pool.anchor[0])
+        pool = pool.where(pool.anchor == anchor)
+        name = self.title(anchor)
+        items = self._slots(pool, self._diversify(pool, spec.size), lambda p: f"Because you viewed {name}")
+        return items, spec.title.format(anchor=name)
+
+    def trending(self, spec: SectionSpec, user: str, ranked: Pool, by_source: dict[str, Pool],
+                 used: set[int]) -> tuple[list[dict[str, Any]], str]:  # fmt: skip
+        """Trending in the user's top category (one category: no cap)."""
+        pool = by_source.get("trending", Pool.empty()).without(used)
+        if not len(pool):
+            return [], spec.title
+        cat_name = leaf(str(pool.anchor[0]))
+        pool = pool.where(pool.anchor == pool.anchor[0])
+        picks = list(range(min(spec.size, len(pool))))
+        return self._slots(pool, picks, lambda p: f"Trending in {cat_name}"), spec.title.format(category=cat_name)
+
+    def new_for_you(self, spec: SectionSpec, user: str, ranked: Pool, by_source: dict[str, Pool],
+                    used: set[int]) -> tuple[list[dict[str, Any]], str]:  # fmt: skip
+        """New arrivals ranked by the user vector (cold-start items, known by their text)."""
+        pool = by_source.get("new_arrivals", Pool.empty()).without(used)
+        reason = SOURCES["new_arrivals"].reason("")
+        return self._slots(pool, self._diversify(pool, spec.size), lambda p: reason), spec.title
+
+    def discover(self, spec: SectionSpec, user: str, ranked: Pool, by_source: dict[str, Pool],
+                 used: set[int]) -> tuple[list[dict[str, Any]], str]:  # fmt: skip
+        """The long-tail quota: ranked candidates beyond the popularity quantile."""
+        pool = ranked.without(used)
+        pool = pool.where(self.long_tail[pool.rows])
+        reason = "Off the beaten track: fewer people have found this yet"
+        return self._slots(pool, self._diversify(pool, spec.size), lambda p: reason), spec.title
 
     def _reason(self, pool: Pool, p: int) -> str:
         src = str(pool.source[p])
@@ -215,7 +217,19 @@ class SectionBuilder:
             anchor = self.title(anchor)
         elif src == "trending":
             anchor = leaf(anchor)
-        return REASONS.get(src, lambda a: "Recommended for you")(anchor)
+        cls = SOURCES.get(src)
+        return cls.reason(anchor) if cls is not None else "Recommended for you"
+
+
+# The section registry: a new section is one SectionBuilder method plus its entry here
+# (and, to show it, an entry in rerank.sections).
+SECTIONS: dict[str, Callable[..., tuple[list[dict[str, Any]], str]]] = {
+    "top_picks": SectionBuilder.top_picks,
+    "because_you_viewed": SectionBuilder.because_you_viewed,
+    "trending": SectionBuilder.trending,
+    "new_for_you": SectionBuilder.new_for_you,
+    "discover": SectionBuilder.discover,
+}
 
 
 @dataclass

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from recsys.config import Config, RetrieveConfig
 from recsys.device import faiss_available, faiss_num_gpus
-from recsys.model.data import Catalog, Sequences, load_catalog, load_sequences
+from recsys.features import Catalog, Sequences, load_catalog, load_sequences, split_cutoff
 from recsys.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -177,11 +177,9 @@ class Context:
 
 
 def load_context(cfg: Config, rd: RunDir, split: str, with_vectors: bool = True) -> Context:
-    from recsys.model.train import type_names
-
     catalog = load_catalog(rd.require("features", "catalog"))
     idx = catalog.index()
-    seqs = load_sequences(rd.require("features", split, "sequences"), idx, type_names(cfg))
+    seqs = load_sequences(rd.require("features", split, "sequences"), idx, cfg.type_names())
     stats = pq.read_table(rd.require("features", split, "item_stats")).to_pandas()
     stats.index = idx.get_indexer(stats["item_id"])
     stats = stats[stats.index >= 0].reindex(range(len(catalog.ids)))
@@ -199,7 +197,7 @@ def load_context(cfg: Config, rd: RunDir, split: str, with_vectors: bool = True)
     for u, r in zip(exc["user_id"], exc["row"], strict=True):
         if r >= 0:
             excluded[u].add(int(r))
-    cutoff = rd.date if split == "full" else rd.date - dt.timedelta(days=cfg.evaluate.holdout_days)
+    cutoff = split_cutoff(cfg, rd.date, split)
     ctx = Context(
         cfg=cfg,
         cutoff=cutoff,
@@ -226,6 +224,9 @@ def load_context(cfg: Config, rd: RunDir, split: str, with_vectors: bool = True)
 # ---- sources -------------------------------------------------------------------------
 class CandidateSource(Protocol):
     name: str
+
+    @staticmethod
+    def reason(anchor: str) -> str: ...
 
     def generate(self, users: list[str], k: int) -> pd.DataFrame:
         """Candidates for users: CANDIDATE_COLUMNS, <= k rows per user."""
@@ -264,6 +265,11 @@ def _take(user: str, ranked_rows: np.ndarray, scores: np.ndarray, ctx: Context, 
 class TwoTowerSource:
     name = "two_tower"
 
+    @staticmethod
+    def reason(anchor: str) -> str:
+        """The reason shown on a slot this source filled (anchor: its title or category)."""
+        return "Picked for your interests"
+
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
@@ -291,6 +297,11 @@ class CovisitationSource:
     """What followed the user's most recent items (anchors), decayed by anchor recency."""
 
     name = "covisitation"
+
+    @staticmethod
+    def reason(anchor: str) -> str:
+        """The reason shown on a slot this source filled (anchor: its title or category)."""
+        return f"Often viewed after {anchor}"
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -331,6 +342,11 @@ class PopularitySource:
 
     name = "popularity"
 
+    @staticmethod
+    def reason(anchor: str) -> str:
+        """The reason shown on a slot this source filled (anchor: its title or category)."""
+        return "Popular right now"
+
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         pop = ctx.item_stats["pop_score"].to_numpy(np.float64)
@@ -349,6 +365,11 @@ class TrendingSource:
     the user's top categories; the anchor is the category."""
 
     name = "trending"
+
+    @staticmethod
+    def reason(anchor: str) -> str:
+        """The reason shown on a slot this source filled (anchor: its title or category)."""
+        return f"Trending in {anchor}"
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -378,6 +399,11 @@ class NewArrivalsSource:
 
     name = "new_arrivals"
 
+    @staticmethod
+    def reason(anchor: str) -> str:
+        """The reason shown on a slot this source filled (anchor: its title or category)."""
+        return "New arrival that matches your interests"
+
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         start = np.datetime64(ctx.cutoff - dt.timedelta(days=ctx.cfg.retrieve.new_item_days), "us")
@@ -401,7 +427,9 @@ class NewArrivalsSource:
         return _frame(rows, ctx, self.name)
 
 
-SOURCES: dict[str, type] = {
+# The source registry: a new candidate source is one class here (name, reason, generate)
+# plus its weight in retrieve.source_weights; retrieve, rank, rerank and evaluate read it.
+SOURCES: dict[str, Any] = {
     "two_tower": TwoTowerSource,
     "covisitation": CovisitationSource,
     "trending": TrendingSource,
@@ -449,22 +477,19 @@ def generate_all(ctx: Context, users: list[str], k: int | None = None) -> pd.Dat
 
 
 def run_retrieve(cfg: Config, rd: RunDir) -> dict[str, Any]:
-    """Serving candidates for every user with history: candidates/by_source.parquet and
-    candidates/ranked.parquet (user_id, item_id, rank, score, source, ...)."""
+    """Serving candidates of every source for every user with history:
+    candidates/by_source.parquet (the rank stage orders them into ranked.parquet)."""
     t0 = time.time()
     ctx = load_context(cfg, rd, "full")
     users = sorted(ctx.user_row)
     cands = generate_all(ctx, users)
-    ranked = blend(cands, cfg.retrieve.source_weights, cfg.rerank.rrf_k, cfg.retrieve.top_k)
     out = rd.path("candidates")
     out.mkdir(parents=True, exist_ok=True)
     cands.to_parquet(out / "by_source.parquet", index=False)
-    ranked.to_parquet(out / "ranked.parquet", index=False)
     index, _ = ctx.index()
     info = {
         "users": len(users),
         "candidates": len(cands),
-        "ranked_rows": len(ranked),
         "by_source": cands.groupby("source").size().to_dict(),
         "index_backend": index.backend,
         "users_per_s": round(len(users) / max(time.time() - t0, 1e-9), 1),

@@ -29,7 +29,7 @@ def tiny_overrides(data_root: Path, work_root: Path) -> dict:
         "events": {"bot_max_events_per_day": 200},
         "train": {"time_budget_s": 8, "max_epochs": 3, "batch_size": 32, "n_uniform_negatives": 64},
         "model": {"max_text_len": 32},
-        "evaluate": {"holdout_days": 3, "gate_min_ratio_vs_popularity": 0.0},
+        "evaluate": {"holdout_days": 3, "gate_min_ratio_vs_baseline": 0.0},
     }
 
 

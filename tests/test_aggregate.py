@@ -126,3 +126,28 @@ def test_item_stats_exclusions_holdout(spark):
     assert pairs(exclusions(inter, "interacted", D)) == [("u1", "a"), ("u1", "b"), ("u2", "a")]
     assert pairs(exclusions(inter, "none", D)) == []
     assert pairs(holdout(inter, split, D)) == [("u1", "b")]
+
+
+def test_cut_last_steps_leaves_last_n_out_per_user(spark):
+    from recsys.aggregate import cut_last_steps, targets
+
+    ev = clean_events(spark, [
+        ("u1", "a", "view", "2026-11-01T10:00:00", None),
+        ("u1", "b", "view", "2026-11-01T10:01:00", None),
+        ("u1", "c", "view", "2026-11-01T10:02:00", None),
+        ("u1", "c", "purchase", "2026-11-01T10:03:00", None),  # same step as the c view
+        ("u1", "d", "rate", "2026-11-01T10:04:00", 1.0),  # not positive: after the cut, dropped
+        ("u2", "a", "view", "2026-11-01T10:00:00", None),  # one step only: never cut
+        ("u3", "a", "view", "2026-11-01T10:00:00", None),
+        ("u3", "b", "click", "2026-11-01T10:00:00", None),  # same second: item id breaks the tie
+    ])  # fmt: skip
+    inter = interactions(ev, WEIGHTS, min_rating_positive=3.0)
+    before, after = cut_last_steps(inter, 1)
+    rows = lambda df: sorted((r.user_id, r.item_id, r.event_type) for r in df.collect())  # noqa: E731
+    assert rows(before) == [("u1", "a", "view"), ("u1", "b", "view"), ("u2", "a", "view"), ("u3", "a", "view")]
+    assert rows(after) == [("u1", "c", "purchase"), ("u1", "c", "view"), ("u3", "b", "click")]
+    got = sorted((r.user_id, r.item_id, r.grade) for r in targets(after).collect())
+    assert got == [("u1", "c", 8.0), ("u3", "b", 2.0)]
+    before2, after2 = cut_last_steps(inter, 2)
+    assert rows(before2) == [("u1", "a", "view"), ("u2", "a", "view"), ("u3", "a", "view"), ("u3", "b", "click")]
+    assert sorted({(r.user_id, r.item_id) for r in after2.collect()}) == [("u1", "b"), ("u1", "c")]

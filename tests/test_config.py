@@ -7,7 +7,8 @@ def test_defaults_are_valid():
     cfg = load_config(environ={})
     assert cfg.run_id == "main"
     assert cfg.train.device == "auto"
-    assert cfg.evaluate.gate_metric == "recall@20"
+    assert cfg.evaluate.gate_metric == "ndcg@10" and cfg.evaluate.gate_method == "ranked"
+    assert cfg.model_split() == "rank" and cfg.evaluate.protocol == "time"
 
 
 def test_precedence_yaml_env_cli(tmp_path):

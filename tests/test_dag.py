@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 
+from recsys.pipeline import STAGES
 from tests.conftest import ROOT, RUN_DATE, tiny_overrides
 
 pytestmark = pytest.mark.airflow
@@ -42,7 +43,9 @@ def test_dagbag_imports_without_errors(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["errors"] == {}
-    assert res["tasks"] == ["validate", "aggregate", "train", "embed", "retrieve", "rerank", "evaluate", "publish"]
+    # the DAG takes its stage list from recsys.pipeline, so the two cannot drift
+    assert res["tasks"] == STAGES
+    assert STAGES == ["validate", "aggregate", "train", "embed", "retrieve", "rank", "rerank", "evaluate", "publish"]
     assert res["retries"] == 2 and res["schedule"] == "0 2 * * *"
 
 

@@ -78,7 +78,7 @@ def test_published_homepage_and_fallback(tiny_run):
 def test_rerun_same_date_replaces_and_publishes_new_version(tiny_run, capsys):
     cfg, _ = tiny_run
     args = ["run", "--date", str(RUN_DATE), "--data-root", cfg.paths.data_root, "--work-root", cfg.paths.work_root,
-            "--from", "rerank", "--set", "evaluate.holdout_days=3", "--set", "evaluate.gate_min_ratio_vs_popularity=0",
+            "--from", "rerank", "--set", "evaluate.holdout_days=3", "--set", "evaluate.gate_min_ratio_vs_baseline=0",
             "--set", "spark.shuffle_partitions=2", "--set", "model.max_text_len=32"]  # fmt: skip
     assert main(args) == 0
     assert main(["runs", "--work-root", cfg.paths.work_root]) == 0
@@ -89,7 +89,7 @@ def test_rerun_same_date_replaces_and_publishes_new_version(tiny_run, capsys):
 def test_gate_blocks_publish(tiny_run, capsys):
     cfg, _ = tiny_run
     args = ["run", "--date", str(RUN_DATE), "--data-root", cfg.paths.data_root, "--work-root", cfg.paths.work_root,
-            "--from", "evaluate", "--set", "evaluate.holdout_days=3", "--set", "evaluate.gate_min_ratio_vs_popularity=100",
+            "--from", "evaluate", "--set", "evaluate.holdout_days=3", "--set", "evaluate.gate_min_ratio_vs_baseline=100",
             "--set", "spark.shuffle_partitions=2", "--set", "model.max_text_len=32"]  # fmt: skip
     assert main(args) == 3  # gate exit code; publish never ran
     assert main(["publish", "--date", str(RUN_DATE), "--work-root", cfg.paths.work_root,
@@ -132,8 +132,11 @@ def test_holdout_zero_trains_on_everything_and_still_publishes(tiny_run):
     rd = RunDir(cfg, RUN_DATE)
     assert not rd.path("features", "train").exists() and not rd.path("features", "holdout").exists()
     m = json.loads(rd.path("metrics.json").read_text())
-    assert m["gate"]["skipped"] == "no holdout" and results["publish"]["switched"]
-    assert results["train"]["users"] == results["aggregate"]["full_users"]  # trained on everything
+    assert m["gate"]["skipped"].startswith("no holdout") and results["publish"]["switched"]
+    assert "no holdout" in rd.path("report.html").read_text() and "PASSED" not in rd.path("report.html").read_text()
+    # trained on everything but each user's last step, which is the ranker's label
+    assert results["train"]["users"] == results["aggregate"]["full_users"] and results["train"]["split"] == "rank"
+    assert results["aggregate"]["rank_labels_pairs"] > 0 and "label_users" in results["rank"]
     ctx = load_context(cfg, rd, "full", with_vectors=False)
     ranked = pd.read_parquet(rd.path("candidates", "ranked.parquet"))
     seen = {(u, x) for u in ctx.user_row for x in ctx.catalog.ids[ctx.history(u)]}

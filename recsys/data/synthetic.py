@@ -134,7 +134,11 @@ def _make_catalog(spec: SyntheticSpec, rng: np.random.Generator) -> _Catalog:
     n_new = round(spec.n_items * spec.new_items_per_day * max(spec.days - 1, 0))
     total = spec.n_items + n_new
     cat_idx = rng.integers(0, len(paths), size=total)
+    # The starting catalog has a history: created 30 to 365 days before the window, so
+    # "new arrivals" are the items added during the window, not the whole catalog. A
+    # separate stream keeps every other draw (and so the events) as before.
     created_day = np.zeros(total, dtype=np.int64)
+    created_day[: spec.n_items] = -np.random.default_rng(spec.seed + 1).integers(30, 366, size=spec.n_items)
     if n_new:
         created_day[spec.n_items :] = rng.integers(1, spec.days, size=n_new)
     unavailable_from = np.full(total, spec.days + 1, dtype=np.int64)

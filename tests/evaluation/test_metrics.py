@@ -49,3 +49,17 @@ def test_coverage_and_diversity():
     assert intra_list_diversity(vec, ["a", "b"], 2) == pytest.approx(1.0)
     assert intra_list_diversity(vec, ["a", "c"], 2) == pytest.approx(0.0)
     assert np.isnan(intra_list_diversity(vec, ["a"], 2))
+
+
+def test_mrr_and_per_user_and_bootstrap():
+    from recsys.evaluation.metrics import bootstrap_ci, mrr_at_k, per_user_metrics, summarise
+
+    assert mrr_at_k(["a", "b", "c"], {"c"}, 3) == pytest.approx(1 / 3)
+    assert mrr_at_k(["a", "b", "c"], {"c"}, 2) == 0.0
+    pu = per_user_metrics({"u1": ["x", "y"], "u2": ["y"]}, {"u1": {"y"}, "u2": {"z"}, "u3": {"x"}}, [2])
+    assert pu["mrr@2"] == [0.5, 0.0, 0.0]  # sorted users; u3 has no list: a miss
+    assert pu["ndcg@2"] == [pytest.approx(1 / math.log2(3)), 0.0, 0.0]
+    lo, hi = bootstrap_ci([0.0, 1.0] * 50, seed=1)
+    assert 0.35 < lo < 0.5 < hi < 0.65
+    s = summarise({"m": [1.0, 1.0]})
+    assert (s["m"], s["m_lo"], s["m_hi"], s["users"]) == (1.0, 1.0, 1.0, 2.0)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.model.encoder import PrefixCache, TextEncoder, encode_texts, item_text
+from recsys.features import item_text
+from recsys.model.encoder import PrefixCache, TextEncoder, encode_texts
 
 pytestmark = pytest.mark.model
 

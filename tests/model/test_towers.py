@@ -44,3 +44,20 @@ def test_targets_next_item_and_horizon():
         q, y = _positions_and_targets(states, items, ts, valid, 100, 1.0, rng)
         got = dict(zip(q[:, 0].tolist(), y.tolist(), strict=True))
         assert got[0.0] == 11 and got[1.0] == 12 and got[2.0] == 13 and got[4.0] == 21
+
+
+def test_windows_cover_every_transition_once():
+    from recsys.features import Sequences
+    from recsys.model.data import pad_windows, windows
+
+    # user 0: 7 steps, user 1: 1 step (no transition), user 2: 3 steps
+    lens = [7, 1, 3]
+    offsets = np.r_[0, np.cumsum(lens)]
+    seqs = Sequences(np.array(["a", "b", "c"], dtype=object), offsets, np.arange(11), np.ones(11, int), np.arange(11))
+    w = windows(seqs, np.arange(3), max_len=3)
+    assert w.tolist() == [[0, 4, 7], [0, 2, 5], [0, 0, 3], [2, 0, 3]]
+    transitions = sorted((int(r), s + t) for r, s, e in w for t in range(e - s - 1))
+    assert transitions == [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (0, 5), (2, 0), (2, 1)]
+    assert windows(seqs, np.array([0]), max_len=3, drop_last=2).tolist() == [[0, 2, 5], [0, 0, 3]]
+    items, _types, _ts, valid = pad_windows(seqs, w)
+    assert items[0].tolist() == [4, 5, 6] and items[3].tolist() == [8, 9, 10] and valid.all()

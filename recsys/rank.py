@@ -1,0 +1,437 @@
+"""The learned ranking stage: LightGBM lambdarank over every candidate of every user.
+
+    fit    features/rank (the state before each user's last rank.label_steps steps)
+           -> candidates from every source -> features -> graded labels (the held-out
+           steps, graded by event weight: view < click < cart < purchase)
+           -> ranker/model.txt + ranker/meta.json (features, importances, validation)
+    apply  candidates/by_source.parquet (serving) -> features -> candidates/ranked.parquet
+
+LightGBM lambdarank was chosen over XGBoost rank:ndcg for its native missing-value
+handling (a source that did not return an item is "missing", not a made-up rank) and
+because it trains on 2 cores in seconds at this size; see docs/design.md.
+The ranker is kept only when it beats the RRF blend on held-out label users; otherwise,
+or with too few label users, the blend is the ranked list and meta.json says why.
+Features are computed in numpy over (user, item) pair arrays, batch by batch of users.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recsys import jsonio
+from recsys.config import Config
+from recsys.evaluation.metrics import ndcg_at_k
+from recsys.retrieve import SOURCES, Context, blend, generate_all, load_context
+from recsys.rundir import RunDir
+
+log = logging.getLogger(__name__)
+RANKED_COLUMNS = ["user_id", "item_id", "rank", "score", "source", "sources", "anchor"]
+
+
+# ---- features ---------------------------------------------------------------------------
+class PairLookup:
+    """Sparse (a, b) -> value lookups over int64 keys a * n + b (sorted, searchsorted)."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, values: np.ndarray, n: int) -> None:
+        keys = a.astype(np.int64) * n + b.astype(np.int64)
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.values, self.n = keys[order], values[order], n
+
+    def get(self, a: np.ndarray, b: np.ndarray, default: float = 0.0) -> np.ndarray:
+        """[P] values for pairs (a, b); default where absent."""
+        if not len(self.keys):
+            return np.full(len(a), default, dtype=np.float64)
+        q = a.astype(np.int64) * self.n + b.astype(np.int64)
+        pos = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
+        hit = self.keys[pos] == q
+        return np.where(hit, self.values[pos], default).astype(np.float64)
+
+
+@dataclass
+class FeatureSpace:
+    """Everything per split that features are computed from, built once per context."""
+
+    ctx: Context
+    covis: PairLookup  # (anchor row, candidate row) -> co-visitation score
+    cat_code: np.ndarray  # [N] int category code
+    brand_code: np.ndarray  # [N] int brand code (0 = none)
+    pop_pct: np.ndarray  # [N] popularity percentile in [0, 1]
+
+    @staticmethod
+    def build(ctx: Context) -> FeatureSpace:
+        n = len(ctx.catalog.ids)
+        a = [np.full(len(v[0]), k, dtype=np.int64) for k, v in ctx.covis.items()]
+        b = [v[0] for v in ctx.covis.values()]
+        s = [v[1] for v in ctx.covis.values()]
+        cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)  # noqa: E731
+        covis = PairLookup(cat(a).astype(np.int64), cat(b).astype(np.int64), cat(s).astype(np.float64), n)
+        pop = ctx.item_stats["pop_score"].to_numpy(np.float64)
+        pct = np.empty(n)
+        pct[np.argsort(pop, kind="stable")] = np.arange(n) / max(n - 1, 1)
+        return FeatureSpace(
+            ctx=ctx,
+            covis=covis,
+            cat_code=pd.factorize(ctx.catalog.category)[0].astype(np.int64),
+            brand_code=np.where(ctx.catalog.brand == "", 0, pd.factorize(ctx.catalog.brand)[0] + 1).astype(np.int64),
+            pop_pct=pct,
+        )
+
+
+def wide_candidates(cands: pd.DataFrame) -> pd.DataFrame:
+    """Long candidates (one row per source) -> one row per (user, item) with
+    <source>_score / <source>_rank for every registered source (NaN when it did not
+    return the item), n_sources, and the provenance columns source, sources, anchor."""
+    c = cands.sort_values(["user_id", "item_id", "source_rank", "source"], kind="stable")
+    wide = c.pivot_table(index=["user_id", "item_id"], columns="source", values=["score", "source_rank"],
+                         aggfunc="first", observed=True)  # fmt: skip
+    out = pd.DataFrame(index=wide.index)
+    for s in SOURCES:
+        out[f"{s}_score"] = wide["score"][s] if ("score", s) in wide.columns else np.nan
+        out[f"{s}_rank"] = wide["source_rank"][s] if ("source_rank", s) in wide.columns else np.nan
+    g = c.groupby(["user_id", "item_id"], sort=True)
+    out["n_sources"] = g.size()
+    # Provenance: the source that ranked the item best; the co-visitation anchor when
+    # co-visitation returned it (the most explainable reason), else that source's anchor.
+    first = g.first()
+    out["source"] = first["source"]
+    out["sources"] = g["source"].agg(lambda s: ",".join(sorted(s)))
+    cov = c[c["source"] == "covisitation"].groupby(["user_id", "item_id"])["anchor"].first()
+    out["anchor"] = cov.reindex(out.index).fillna(first["anchor"].fillna(""))
+    return out.reset_index()
+
+
+def pair_features(space: FeatureSpace, pairs: pd.DataFrame, recent: int) -> tuple[np.ndarray, list[str]]:
+    """[P, F] float32 features of (user, item) pairs; NaN = not defined (LightGBM's
+    missing value). `pairs` comes from `wide_candidates`."""
+    ctx = space.ctx
+    cat = ctx.catalog
+    n_items = len(cat.ids)
+    i_row = cat.index().get_indexer(pairs["item_id"]).astype(np.int64)  # [P]
+    users = pairs["user_id"].to_numpy()
+    uniq, u_pos = np.unique(users, return_inverse=True)  # pair -> position in uniq
+    s_row = np.array([ctx.user_row.get(u, -1) for u in uniq], dtype=np.int64)  # [Uq] row in seqs
+    cols: dict[str, np.ndarray] = {}
+    for s in SOURCES:
+        cols[f"{s}_score"] = pairs[f"{s}_score"].to_numpy(np.float64)
+        cols[f"{s}_rank"] = pairs[f"{s}_rank"].to_numpy(np.float64)
+    cols["n_sources"] = pairs["n_sources"].to_numpy(np.float64)
+
+    # History arrays: last `recent` items per user, most recent first ([Uq, R], -1 = pad).
+    R = recent
+    H = np.full((len(uniq), R), -1, dtype=np.int64)
+    hist_len = np.zeros(len(uniq))
+    last_ts = np.full(len(uniq), np.nan)
+    for j, r in enumerate(s_row):
+        if r < 0:
+            continue
+        it, _ty, ts = ctx.seqs.row(int(r))
+        h = it[::-1][:R]
+        H[j, : len(h)] = h
+        hist_len[j] = len(it)
+        last_ts[j] = ts[-1] if len(ts) else np.nan
+    cutoff_s = (np.datetime64(ctx.cutoff, "s") - np.datetime64(0, "s")).astype(np.int64)
+    cols["user_history_len"] = hist_len[u_pos]
+    cols["user_days_since_last"] = ((cutoff_s - last_ts) / 86400.0)[u_pos]
+
+    # Model score for every pair (not only two-tower's own candidates) and similarity of
+    # the candidate to the user's recent items in the item tower's space.
+    if ctx.item_vecs is not None and ctx.user_vecs:
+        U = np.stack([ctx.user_vecs.get(u, np.zeros(ctx.item_vecs.shape[1], np.float32)) for u in uniq])
+        Iv = ctx.item_vecs[i_row]  # [P, d]
+        bias = ctx.item_bias[i_row] if ctx.item_bias is not None else 0.0
+        has_u = np.array([u in ctx.user_vecs for u in uniq])[u_pos]
+        cols["model_score"] = np.where(has_u, (U[u_pos] * Iv).sum(1) / ctx.temperature + bias, np.nan)
+        Hp = H[u_pos]  # [P, R]
+        sims = np.einsum("pd,prd->pr", Iv, ctx.item_vecs[np.maximum(Hp, 0)])  # [P, R]
+        sims = np.where(Hp >= 0, sims, np.nan)
+        w = 1.0 / (1.0 + np.arange(R))  # recency weights, most recent first
+        valid = Hp >= 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cols["sim_last"] = sims[:, 0]
+            cols["sim_max"] = np.nanmax(np.where(valid, sims, -np.inf), 1)
+            cols["sim_mean"] = np.nansum(sims, 1) / valid.sum(1)
+            cols["sim_recency"] = np.nansum(sims * w, 1) / (valid * w).sum(1)
+        cols["sim_max"] = np.where(valid.any(1), cols["sim_max"], np.nan)
+    # Co-visitation from each recent item to the candidate.
+    Hp = H[u_pos]
+    cv = np.stack([space.covis.get(np.maximum(Hp[:, j], 0), i_row) * (Hp[:, j] >= 0) for j in range(R)], 1)
+    cols["covis_last"] = cv[:, 0]
+    cols["covis_max"] = cv.max(1)
+    cols["covis_recency"] = (cv / (1.0 + np.arange(R))).sum(1)
+    cols["covis_best_pos"] = np.where(cv.max(1) > 0, cv.argmax(1), np.nan)
+
+    # Item popularity, trend, age, price.
+    st = ctx.item_stats
+    pop = st["pop_score"].to_numpy(np.float64)[i_row]
+    trend = st["trend_score"].to_numpy(np.float64)[i_row]
+    cols["item_pop"] = np.log1p(pop)
+    cols["item_trend"] = np.log1p(trend)
+    cols["item_trend_share"] = trend / (pop + 1.0)
+    cols["item_users"] = np.log1p(st["n_users"].to_numpy(np.float64)[i_row]) if "n_users" in st else np.nan
+    cols["item_pop_pct"] = space.pop_pct[i_row]
+    created = cat.created_at[i_row]
+    age = (np.datetime64(ctx.cutoff, "us") - created).astype("timedelta64[s]").astype(np.float64) / 86400.0
+    cols["item_age_days"] = np.where(np.isnat(created), np.nan, age)
+    price = cat.price
+    cols["item_price"] = price[i_row]
+
+    # The user's own past with the item, its category and its brand.
+    flat_u, flat_i, flat_pos, flat_ts, flat_len = _history_flat(ctx, s_row)
+    per_ui = PairLookup(flat_u, flat_i, np.ones(len(flat_u)), n_items)
+    u_idx = u_pos.astype(np.int64)
+    uk, ucount = np.unique(flat_u * n_items + flat_i, return_counts=True)
+    cols["user_item_count"] = PairLookup(uk // n_items, uk % n_items, ucount.astype(np.float64), n_items).get(
+        u_idx, i_row
+    )
+    # steps since the user last had the item (most recent occurrence), days since then
+    back = (flat_len - 1 - flat_pos).astype(np.float64)
+    o = np.lexsort((-back, flat_u * n_items + flat_i))  # per key: the smallest steps-back last
+    key = (flat_u * n_items + flat_i)[o]
+    last = np.r_[key[1:] != key[:-1], True]
+    cols["user_item_steps_since"] = PairLookup(key[last] // n_items, key[last] % n_items, back[o][last], n_items).get(
+        u_idx, i_row, np.nan
+    )
+    cols["user_item_days_since"] = PairLookup(
+        key[last] // n_items, key[last] % n_items, ((cutoff_s - flat_ts) / 86400.0)[o][last], n_items
+    ).get(u_idx, i_row, np.nan)
+    del per_ui
+    denom = np.maximum(hist_len[u_pos], 1.0)
+    for name, code in (("category", space.cat_code), ("brand", space.brand_code)):
+        m = int(code.max()) + 1 if len(code) else 1
+        k, c = np.unique(flat_u * m + code[flat_i], return_counts=True)
+        share = PairLookup(k // m, k % m, c.astype(np.float64), m).get(u_idx, code[i_row]) / denom
+        cols[f"user_{name}_share"] = share if name == "category" else np.where(code[i_row] > 0, share, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        hp = np.where(flat_i >= 0, price[flat_i], np.nan)
+        sums = np.bincount(flat_u, weights=np.nan_to_num(hp), minlength=len(uniq))
+        cnts = np.bincount(flat_u, weights=~np.isnan(hp), minlength=len(uniq))
+        user_price = np.where(cnts > 0, sums / np.maximum(cnts, 1), np.nan)
+        cols["price_vs_user"] = price[i_row] / user_price[u_pos]
+    names = list(cols)
+    X = np.column_stack([np.asarray(cols[c], dtype=np.float64) for c in names]).astype(np.float32)
+    X[~np.isfinite(X)] = np.nan
+    return X, names
+
+
+def _history_flat(ctx: Context, s_row: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Flat history of the users s_row (position j in the batch): (user j, item row,
+    position in the history, ts seconds, history length), one entry per step."""
+    parts_u, parts_i, parts_p, parts_t, parts_n = [], [], [], [], []
+    for j, r in enumerate(s_row):
+        if r < 0:
+            continue
+        it, _ty, ts = ctx.seqs.row(int(r))
+        n = len(it)
+        parts_u.append(np.full(n, j, dtype=np.int64))
+        parts_i.append(it.astype(np.int64))
+        parts_p.append(np.arange(n, dtype=np.int64))
+        parts_t.append(ts.astype(np.float64))
+        parts_n.append(np.full(n, n, dtype=np.int64))
+    if not parts_u:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z, z, np.zeros(0), z
+    return (np.concatenate(parts_u), np.concatenate(parts_i), np.concatenate(parts_p), np.concatenate(parts_t),
+            np.concatenate(parts_n))  # fmt: skip
+
+
+# ---- labels, fit, apply -------------------------------------------------------------------
+def grade_levels(cfg: Config, grades: np.ndarray) -> np.ndarray:
+    """Event-weight grades -> integer relevance 0..k for lambdarank (0 = not a target;
+    the distinct positive event weights in order: view 1, click 2, cart/rate 3, purchase 4)."""
+    levels = np.unique([w for w in cfg.events.weights.values() if w > 0])
+    g = np.nan_to_num(np.asarray(grades, dtype=np.float64))
+    return np.where(g > 0, np.searchsorted(levels, g) + 1, 0).astype(np.int32)
+
+
+@dataclass
+class Ranker:
+    model: Any  # lightgbm.Booster
+    features: list[str]
+
+
+def _ndcg10(pairs: pd.DataFrame, score: np.ndarray, targets: dict[str, set[str]]) -> float:
+    """Mean NDCG@10 of candidate lists ordered by score, over the users in targets."""
+    df = pd.DataFrame({"user_id": pairs["user_id"].to_numpy(), "item_id": pairs["item_id"].to_numpy(), "s": score})
+    df = df.sort_values(["user_id", "s"], ascending=[True, False], kind="stable")
+    lists = {u: g["item_id"].tolist() for u, g in df.groupby("user_id", sort=False)}
+    vals = [ndcg_at_k(lists.get(u, []), t, 10) for u, t in targets.items()]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _blend_score(pairs: pd.DataFrame, cfg: Config) -> np.ndarray:
+    """The RRF blend's score of each wide pair (same formula as retrieve.blend)."""
+    s = np.zeros(len(pairs))
+    for src, w in cfg.retrieve.source_weights.items():
+        if f"{src}_rank" in pairs:
+            r = pairs[f"{src}_rank"].to_numpy(np.float64)
+            s += np.where(np.isnan(r), 0.0, w / (cfg.rerank.rrf_k + np.nan_to_num(r)))
+    return s
+
+
+def training_frame(cfg: Config, rd: RunDir) -> tuple[pd.DataFrame, np.ndarray, list[str], dict[str, set[str]]]:
+    """Candidates and features on the rank split for users with labels; returns (wide
+    pairs with a `label` column, X, feature names, all label items per user)."""
+    rc = cfg.rank
+    labels = pd.read_parquet(rd.require("features", "rank_labels"))
+    ctx = load_context(cfg, rd, "rank")
+    labels = labels[labels["user_id"].isin(ctx.user_row)]
+    users = sorted(labels["user_id"].unique())
+    rng = np.random.default_rng(cfg.train.seed)
+    if len(users) > rc.max_train_users:
+        users = sorted(rng.choice(users, rc.max_train_users, replace=False).tolist())
+    labels = labels[labels["user_id"].isin(set(users))]
+    t = time.time()
+    cands = generate_all(ctx, users)
+    pairs = wide_candidates(cands)
+    grade = pairs.merge(labels[["user_id", "item_id", "grade"]], on=["user_id", "item_id"], how="left")["grade"]
+    pairs["label"] = grade_levels(cfg, grade.to_numpy())
+    X, names = pair_features(FeatureSpace.build(ctx), pairs, rc.recent_items)
+    targets = {u: set(g["item_id"]) for u, g in labels.groupby("user_id")}
+    log.info("rank: %d label users, %d candidate pairs, %d features in %.1fs", len(users), len(pairs), len(names),
+             time.time() - t)  # fmt: skip
+    return pairs, X, names, targets
+
+
+def train_lambdarank(cfg: Config, X: np.ndarray, labels: np.ndarray, users: np.ndarray, names: list[str],
+                     train: np.ndarray, val: np.ndarray | None, rounds: int | None = None) -> Any:  # fmt: skip
+    """LightGBM lambdarank on rows X[train] (rows grouped by user, users sorted): early
+    stopping on NDCG@10 of X[val], or exactly `rounds` rounds when val is None.
+    Returns the booster (best_iteration set when early-stopped)."""
+    import lightgbm as lgb
+
+    rc = cfg.rank
+    params = {
+        "objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "learning_rate": rc.learning_rate,
+        "num_leaves": rc.num_leaves, "min_data_in_leaf": rc.min_data_in_leaf, "feature_fraction": 0.8,
+        "bagging_fraction": 0.8, "bagging_freq": 1, "lambdarank_truncation_level": 20, "num_threads": 0,
+        "seed": cfg.train.seed, "deterministic": True, "verbosity": -1,
+    }  # fmt: skip
+
+    def dataset(mask: np.ndarray, ref: Any = None) -> Any:
+        _, sizes = np.unique(users[mask], return_counts=True)  # users sorted: groups are runs
+        return lgb.Dataset(X[mask], labels[mask], group=sizes, feature_name=names, reference=ref,
+                           free_raw_data=False)  # fmt: skip
+
+    dtrain = dataset(train)
+    if val is None:
+        return lgb.train(params, dtrain, num_boost_round=rounds or rc.n_estimators)
+    return lgb.train(params, dtrain, num_boost_round=rc.n_estimators, valid_sets=[dataset(val, dtrain)],
+                     callbacks=[lgb.early_stopping(rc.early_stopping_rounds, verbose=False)])  # fmt: skip
+
+
+def fit_ranker(cfg: Config, rd: RunDir) -> tuple[Ranker | None, dict[str, Any]]:
+    """Train lambdarank on the rank split; (None, info with the reason) when it cannot
+    train or does not beat the blend on its validation users."""
+    rc = cfg.rank
+    pairs, X, names, targets = training_frame(cfg, rd)
+    has_pos = pairs.groupby("user_id")["label"].transform("max").to_numpy() > 0
+    users = np.array(sorted(pairs.loc[has_pos, "user_id"].unique()))
+    info: dict[str, Any] = {"label_users": len(targets), "users_with_positive_candidate": len(users),
+                            "candidate_recall": round(len(users) / max(len(targets), 1), 4)}  # fmt: skip
+    if len(users) < rc.min_train_users:
+        info["fallback"] = (
+            f"{len(users)} label users with a positive candidate < rank.min_train_users={rc.min_train_users}"
+        )
+        return None, info
+    rng = np.random.default_rng(cfg.train.seed)
+    val_users = set(rng.choice(users, max(1, int(len(users) * rc.val_fraction)), replace=False).tolist())
+    is_val = pairs["user_id"].isin(val_users).to_numpy()
+    t = time.time()
+    booster = train_lambdarank(cfg, X, pairs["label"].to_numpy(), pairs["user_id"].to_numpy(), names,
+                               has_pos & ~is_val, has_pos & is_val)  # fmt: skip
+    val_targets = {u: targets[u] for u in targets if u in val_users}
+    vpairs = pairs.loc[is_val]
+    ranker_ndcg = _ndcg10(vpairs, booster.predict(X[is_val], num_iteration=booster.best_iteration), val_targets)
+    blend_ndcg = _ndcg10(vpairs, _blend_score(vpairs, cfg), val_targets)
+    gain = booster.feature_importance("gain")
+    info.update({
+        "train_users": int(len(users) - len(val_users)), "val_users": len(val_users), "pairs": len(pairs),
+        "best_iteration": int(booster.best_iteration), "seconds": round(time.time() - t, 1),
+        "val_ndcg@10": {"ranker": round(ranker_ndcg, 4), "blend": round(blend_ndcg, 4)},
+        "feature_importance_gain": [[n, round(float(g), 2)] for n, g in sorted(zip(names, gain, strict=True),
+                                                                               key=lambda x: -x[1])],
+    })  # fmt: skip
+    log.info("rank: val NDCG@10 ranker %.4f vs blend %.4f (%d val users, best iteration %d)",
+             ranker_ndcg, blend_ndcg, len(val_users), booster.best_iteration)  # fmt: skip
+    if not ranker_ndcg >= blend_ndcg:
+        info["fallback"] = f"ranker below the blend on validation users ({ranker_ndcg:.4f} < {blend_ndcg:.4f})"
+        return None, info
+    if rc.refit_on_all:
+        # The validation users were only needed to choose the number of rounds: the
+        # deployed model learns from every label user (a quarter more queries).
+        rounds = max(1, round(booster.best_iteration * (1 + rc.val_fraction)))
+        booster = train_lambdarank(cfg, X, pairs["label"].to_numpy(), pairs["user_id"].to_numpy(), names,
+                                   has_pos, None, rounds)  # fmt: skip
+        info["refit_rounds"] = rounds
+    return Ranker(booster, names), info
+
+
+def rank_candidates(cfg: Config, ranker: Ranker | None, ctx: Context, cands: pd.DataFrame,
+                    batch_users: int = 20_000) -> pd.DataFrame:  # fmt: skip
+    """Long candidates -> the ranked list (RANKED_COLUMNS, top rank.top_k per user): the
+    ranker's order, or the RRF blend when there is no ranker."""
+    k = cfg.rank.top_k
+    if ranker is None:
+        return blend(cands, cfg.retrieve.source_weights, cfg.rerank.rrf_k, k)
+    space = FeatureSpace.build(ctx)
+    users = np.sort(cands["user_id"].unique())
+    out = []
+    for i in range(0, len(users), batch_users):
+        part = cands[cands["user_id"].isin(set(users[i : i + batch_users]))]
+        pairs = wide_candidates(part)
+        X, names = pair_features(space, pairs, cfg.rank.recent_items)
+        if names != ranker.features:
+            raise ValueError(f"feature mismatch between the saved ranker and this code: {ranker.features} vs {names}")
+        pairs["score"] = ranker.model.predict(X, num_iteration=ranker.model.best_iteration or None)
+        pairs = pairs.sort_values(["user_id", "score", "item_id"], ascending=[True, False, True], kind="stable")
+        pairs["rank"] = pairs.groupby("user_id").cumcount() + 1
+        out.append(pairs.loc[pairs["rank"] <= k, RANKED_COLUMNS])
+        log.info("rank: scored %d/%d users", min(i + batch_users, len(users)), len(users))
+    if not out:
+        return pd.DataFrame(columns=RANKED_COLUMNS)
+    return pd.concat(out, ignore_index=True)
+
+
+def load_ranker(rd: RunDir) -> Ranker | None:
+    """The ranker this run trained, or None when it fell back to the blend."""
+    import lightgbm as lgb
+
+    meta = jsonio.read(rd.require("ranker", "meta.json"))
+    if meta.get("fallback"):
+        return None
+    return Ranker(lgb.Booster(model_file=str(rd.require("ranker", "model.txt"))), meta["features"])
+
+
+def run_rank(cfg: Config, rd: RunDir) -> dict[str, Any]:
+    """Fit the ranker on the rank split, then order every serving candidate with it:
+    candidates/ranked.parquet (the final order the homepage is built from)."""
+    t0 = time.time()
+    out = rd.path("ranker")
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.rank.enabled:
+        ranker, info = fit_ranker(cfg, rd)
+    else:
+        ranker, info = None, {"fallback": "rank.enabled is false"}
+    if ranker is not None:
+        ranker.model.save_model(str(out / "model.txt"), num_iteration=ranker.model.best_iteration or None)
+        info["features"] = ranker.features
+    else:
+        (out / "model.txt").unlink(missing_ok=True)
+        log.warning("rank: no learned ranker tonight, the RRF blend is the ranked list: %s", info["fallback"])
+    jsonio.write(out / "meta.json", info)
+    ctx = load_context(cfg, rd, "full")
+    cands = pd.read_parquet(rd.require("candidates", "by_source.parquet"))
+    ranked = rank_candidates(cfg, ranker, ctx, cands)
+    ranked.to_parquet(rd.path("candidates", "ranked.parquet"), index=False)
+    summary = {k: v for k, v in info.items() if k not in ("feature_importance_gain", "features")}
+    summary["top_features"] = [n for n, _ in info.get("feature_importance_gain", [])[:5]]
+    summary.update({"ranker": "lightgbm-lambdarank" if ranker else "rrf-blend", "ranked_rows": len(ranked),
+                    "users": int(ranked["user_id"].nunique()), "seconds": round(time.time() - t0, 1)})  # fmt: skip
+    log.info("rank: %s", summary)
+    return summary

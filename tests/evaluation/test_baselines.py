@@ -1,0 +1,35 @@
+"""In-run baselines on a hand-made context: last-item co-occurrence and EASE."""
+
+import numpy as np
+import pandas as pd
+
+from recsys.config import Config
+from recsys.evaluation.evaluate import ease, last_item_cooc
+from recsys.features import Catalog, Sequences
+from recsys.retrieve import Context
+from tests.test_rank import CUTOFF, tiny_context
+
+
+def test_last_item_cooc_follows_the_last_item_and_skips_history():
+    ctx = tiny_context()  # u0: i0, i1, i0; co-visitation i0 -> i2 (3.0), i0 -> i3 (1.0)
+    assert last_item_cooc(ctx, ["u0"], 5) == {"u0": ["i2", "i3"]}
+    ctx.excluded = {"u0": {2}}
+    assert last_item_cooc(ctx, ["u0"], 5) == {"u0": ["i3"]}
+
+
+def test_ease_recommends_what_co_occurs():
+    """Users who have a also have b; c goes with d. A user with only a gets b first."""
+    ids = np.array(["a", "b", "c", "d"], dtype=object)
+    hist = {"u1": [0, 1], "u2": [0, 1], "u3": [0, 1], "u4": [2, 3], "u5": [2, 3], "q": [0]}
+    users = sorted(hist)
+    lens = [len(hist[u]) for u in users]
+    seqs = Sequences(np.array(users, dtype=object), np.r_[0, np.cumsum(lens)],
+                     np.concatenate([hist[u] for u in users]), np.ones(sum(lens), int), np.zeros(sum(lens), int))  # fmt: skip
+    cat = Catalog(ids=ids, texts=list(ids), category=np.full(4, "", dtype=object), available=np.ones(4, bool),
+                  created_at=np.full(4, np.datetime64("NaT"), dtype="datetime64[us]"), title=ids.copy(),
+                  brand=np.full(4, "", dtype=object), price=np.full(4, np.nan))  # fmt: skip
+    ctx = Context(cfg=Config(), cutoff=CUTOFF, catalog=cat, seqs=seqs, user_row={u: i for i, u in enumerate(users)},
+                  item_stats=pd.DataFrame({"n_events": [4, 3, 2, 2]}), covis={}, excluded={})  # fmt: skip
+    got = ease(ctx, ["q"], 3, lam=1.0, max_items=10)
+    assert got is not None and got["q"][0] == "b" and "a" not in got["q"]
+    assert ease(ctx, ["q"], 3, lam=1.0, max_items=3) is None  # 4 items > max_items: skipped

@@ -1,0 +1,139 @@
+"""The ranking stage: features checked by hand on a tiny context, a planted pattern the
+lambdarank model must find, and the stage's output contract on the tiny run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys.config import Config, load_config
+from recsys.features import Catalog, Sequences
+from recsys.rank import FeatureSpace, PairLookup, grade_levels, pair_features, train_lambdarank, wide_candidates
+from recsys.retrieve import Context
+
+CUTOFF = dt.date(2026, 11, 22)
+DAY = 86400
+
+
+def tiny_context() -> Context:
+    """4 items; user u0 saw i0, i1, i0 (in that order); co-visitation i0 -> i2 (3.0),
+    i0 -> i3 (1.0), i1 -> i2 (5.0); item vectors are axis vectors, i2 between i0 and i1."""
+    ids = np.array(["i0", "i1", "i2", "i3"], dtype=object)
+    catalog = Catalog(
+        ids=ids, texts=["a", "b", "c", "d"], category=np.array(["A", "A", "B", "B"], dtype=object),
+        available=np.ones(4, bool), created_at=np.array(["2026-11-01", "2026-11-01", "2026-11-12", "NaT"],
+                                                          dtype="datetime64[us]"),
+        title=ids.copy(), brand=np.array(["X", "Y", "X", ""], dtype=object),
+        price=np.array([10.0, 20.0, 30.0, np.nan]),
+    )  # fmt: skip
+    t_end = int((np.datetime64(CUTOFF, "s") - np.datetime64(0, "s")).astype(np.int64))
+    seqs = Sequences(
+        user_ids=np.array(["u0"], dtype=object), offsets=np.array([0, 3]), items=np.array([0, 1, 0]),
+        types=np.array([1, 1, 1]), ts=np.array([t_end - 3 * DAY, t_end - 2 * DAY, t_end - DAY]),
+    )  # fmt: skip
+    stats = pd.DataFrame({"n_events": [2, 1, 0, 5], "n_users": [1, 1, 0, 3], "pop_score": [2.0, 1.0, 0.0, 5.0],
+                          "trend_score": [1.0, 1.0, 0.0, 0.0]})  # fmt: skip
+    s = 1 / math.sqrt(2)
+    vecs = np.array([[1, 0, 0], [0, 1, 0], [s, s, 0], [0, 0, 1]], dtype=np.float32)
+    return Context(
+        cfg=Config(), cutoff=CUTOFF, catalog=catalog, seqs=seqs, user_row={"u0": 0}, item_stats=stats,
+        covis={0: (np.array([2, 3]), np.array([3.0, 1.0])), 1: (np.array([2]), np.array([5.0]))},
+        excluded={}, item_vecs=vecs, item_bias=np.zeros(4, np.float32), temperature=1.0,
+        user_vecs={"u0": np.array([1, 0, 0], dtype=np.float32)},
+    )  # fmt: skip
+
+
+def cands(rows):
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "score", "source", "source_rank", "anchor"])
+
+
+def test_wide_candidates_one_row_per_pair_with_provenance():
+    c = cands([("u0", "i2", 5.0, "covisitation", 1, "i1"), ("u0", "i2", 0.7, "two_tower", 3, ""),
+               ("u0", "i3", 5.0, "popularity", 1, "")])  # fmt: skip
+    w = wide_candidates(c).set_index("item_id")
+    assert w.loc["i2", "covisitation_rank"] == 1 and w.loc["i2", "two_tower_rank"] == 3
+    assert np.isnan(w.loc["i2", "popularity_rank"]) and w.loc["i2", "n_sources"] == 2
+    assert w.loc["i2", "sources"] == "covisitation,two_tower" and w.loc["i2", "anchor"] == "i1"
+    assert w.loc["i3", "source"] == "popularity" and w.loc["i3", "n_sources"] == 1
+
+
+def test_pair_features_by_hand():
+    ctx = tiny_context()
+    c = cands([("u0", "i2", 5.0, "covisitation", 1, "i1"), ("u0", "i1", 1.0, "two_tower", 1, ""),
+               ("u0", "i3", 5.0, "popularity", 1, "")])  # fmt: skip
+    pairs = wide_candidates(c)
+    X, names = pair_features(FeatureSpace.build(ctx), pairs, recent=3)
+    f = {item: dict(zip(names, X[i].tolist(), strict=True)) for i, item in enumerate(pairs["item_id"])}
+    i1, i2, i3 = f["i1"], f["i2"], f["i3"]
+    # co-visitation from the recent items [i0, i1, i0] (most recent first) to i2: 3, 5, 3
+    assert (i2["covis_last"], i2["covis_max"], i2["covis_best_pos"]) == (3.0, 5.0, 1.0)
+    assert i2["covis_recency"] == pytest.approx(3 + 5 / 2 + 3 / 3)
+    assert np.isnan(i1["covis_best_pos"]) and i1["covis_max"] == 0.0
+    # the user's own past: i1 once, 1 step back, 2 days before the cutoff; category A 3/3
+    assert (i1["user_item_count"], i1["user_item_steps_since"]) == (1.0, 1.0)
+    assert i1["user_item_days_since"] == pytest.approx(2.0)
+    assert i1["user_category_share"] == 1.0 and i2["user_category_share"] == 0.0
+    assert i2["user_brand_share"] == pytest.approx(2 / 3) and np.isnan(i3["user_brand_share"])
+    assert i2["price_vs_user"] == pytest.approx(30 / (40 / 3)) and np.isnan(i3["price_vs_user"])
+    # similarity to the recent items and the model score <u, v> / T + b with u = e0
+    assert i2["sim_last"] == pytest.approx(1 / math.sqrt(2), abs=1e-6) and i3["sim_max"] == 0.0
+    assert i2["model_score"] == pytest.approx(1 / math.sqrt(2), abs=1e-6) and i1["model_score"] == 0.0
+    assert i2["item_age_days"] == pytest.approx(10.0) and np.isnan(i3["item_age_days"])
+    assert (i2["user_history_len"], i2["user_days_since_last"]) == (3.0, pytest.approx(1.0))
+    assert i3["popularity_rank"] == 1.0 and np.isnan(i3["two_tower_rank"])
+
+
+def test_pair_lookup_and_grades():
+    lk = PairLookup(np.array([0, 2, 1]), np.array([5, 1, 5]), np.array([1.5, 2.5, 3.5]), n=10)
+    assert lk.get(np.array([0, 1, 2, 2]), np.array([5, 5, 1, 2]), default=-1).tolist() == [1.5, 3.5, 2.5, -1]
+    cfg = Config()  # weights view 1, click 2, cart 4, rate 4, purchase 8
+    assert grade_levels(cfg, np.array([np.nan, 1.0, 2.0, 4.0, 8.0])).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_lambdarank_finds_a_planted_signal():
+    """300 users x 20 candidates: the relevant item is the one with the largest
+    `signal` (noise added to it); `noise` is unrelated. Held-out users must get the
+    relevant item first far more often than chance (1/20), and signal must dominate."""
+    rng = np.random.default_rng(0)
+    n_u, n_c = 300, 20
+    users = np.repeat(np.array([f"u{i:03d}" for i in range(n_u)]), n_c)
+    signal = rng.normal(size=n_u * n_c)
+    X = np.column_stack([signal + rng.normal(scale=0.3, size=n_u * n_c), rng.normal(size=n_u * n_c)])
+    labels = np.zeros(n_u * n_c, dtype=np.int32)
+    best = signal.reshape(n_u, n_c).argmax(1) + np.arange(n_u) * n_c
+    labels[best] = 1
+    cfg = load_config(overrides={"rank": {"min_data_in_leaf": 10, "n_estimators": 100}}, environ={})
+    u_idx = np.repeat(np.arange(n_u), n_c)
+    train, val, test = u_idx < 200, (u_idx >= 200) & (u_idx < 250), u_idx >= 250
+    booster = train_lambdarank(cfg, X.astype(np.float32), labels, users, ["signal", "noise"], train, val)
+    s = booster.predict(X[test].astype(np.float32)).reshape(-1, n_c)
+    top1 = (labels[test].reshape(-1, n_c)[np.arange(len(s)), s.argmax(1)] == 1).mean()
+    assert top1 > 0.5
+    gain = dict(zip(["signal", "noise"], booster.feature_importance("gain"), strict=True))
+    assert gain["signal"] > 3 * gain["noise"]
+
+
+@pytest.mark.slow
+def test_rank_stage_outputs(tiny_run, tiny_rd):
+    from recsys import jsonio
+
+    _cfg, results = tiny_run
+    ranked = pd.read_parquet(tiny_rd.path("candidates", "ranked.parquet"))
+    assert list(ranked.columns) == ["user_id", "item_id", "rank", "score", "source", "sources", "anchor"]
+    assert (ranked.groupby("user_id")["rank"].apply(lambda r: list(r) == list(range(1, len(r) + 1)))).all()
+    assert not ranked.duplicated(["user_id", "item_id"]).any()
+    by_source = pd.read_parquet(tiny_rd.path("candidates", "by_source.parquet"))
+    assert set(map(tuple, ranked[["user_id", "item_id"]].to_numpy())) <= set(
+        map(tuple, by_source[["user_id", "item_id"]].to_numpy())
+    )
+    meta = jsonio.read(tiny_rd.path("ranker", "meta.json"))
+    info = results["rank"]
+    if meta.get("fallback"):  # a logged reason, and the blend is the ranked list
+        assert info["ranker"] == "rrf-blend" and meta["fallback"]
+    else:
+        assert info["ranker"] == "lightgbm-lambdarank" and tiny_rd.path("ranker", "model.txt").is_file()
+        assert {n for n, _ in meta["feature_importance_gain"]} == set(meta["features"])
