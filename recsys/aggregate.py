@@ -22,6 +22,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from recsys import jsonio
 from recsys.contract import (
     CATALOG_COLUMNS,
     CATALOG_REQUIRED,
@@ -404,19 +405,22 @@ def run_validate(cfg: Config, rd: RunDir) -> dict[str, object]:
 
 def _splits(
     cfg: Config, inter: DataFrame, run_date: dt.date
-) -> tuple[dict[str, tuple[DataFrame, dt.date]], dict[str, DataFrame]]:
-    """The feature splits as (interactions, cutoff) and their target tables.
+) -> tuple[dict[str, tuple[DataFrame, dt.date]], dict[str, DataFrame], str]:
+    """The feature splits as (interactions, cutoff), their target tables, and what the
+    ranker's labels are ("days" or "steps").
 
     full   everything before the run date (serving)
     train  evaluating: before the time split, or without each user's last steps
-    rank   the ranker's training state: the models' split (train or full) without each
-           user's last rank.label_steps steps, which become rank_labels
+    rank   the ranker's training state: the models' split (train or full) before its
+           last rank.label_days, or without each user's last rank.label_steps steps
+           (see rank_labels_by_days); what was held out becomes rank_labels
     """
     from pyspark.sql import functions as F
 
     ec = cfg.evaluate
     splits = {"full": (inter, run_date)}
     tables: dict[str, DataFrame] = {}
+    by_days = False
     if ec.enabled and ec.protocol == "time":
         split_date = run_date - dt.timedelta(days=ec.holdout_days)
         splits["train"] = (inter, split_date)
@@ -427,10 +431,44 @@ def _splits(
         tables["holdout"] = targets(after)
     if cfg.rank.enabled:
         base, cutoff = splits["train"] if "train" in splits else splits["full"]
-        before, after = cut_last_steps(base.where(F.col("ts") < _ts_lit(cutoff)), cfg.rank.label_steps)
-        splits["rank"] = (before.cache(), cutoff)
-        tables["rank_labels"] = targets(after)
-    return splits, tables
+        base = base.where(F.col("ts") < _ts_lit(cutoff))
+        by_days = rank_labels_by_days(cfg, base, cutoff)
+        if by_days:
+            label_start = cutoff - dt.timedelta(days=cfg.rank.label_days)
+            splits["rank"] = (base.where(F.col("ts") < _ts_lit(label_start)).cache(), label_start)
+            tables["rank_labels"] = holdout(base, label_start, cutoff)
+        else:
+            before, after = cut_last_steps(base, cfg.rank.label_steps)
+            splits["rank"] = (before.cache(), cutoff)
+            tables["rank_labels"] = targets(after)
+    return splits, tables, ("days" if cfg.rank.enabled and by_days else "steps")
+
+
+def rank_labels_by_days(cfg: Config, base: DataFrame, cutoff: dt.date) -> bool:
+    """Whether the ranker learns from the last rank.label_days (what a user did the day
+    after the state it is ranked from: a nightly page's job) rather than each user's
+    last rank.label_steps steps (next item). `auto`: days when at least 10% of the
+    users (and rank.min_train_users) were active in those days; users of data sets
+    like MovieLens rarely return, and there the next step is the only label."""
+    from pyspark.sql import functions as F
+
+    mode = cfg.rank.labels
+    if mode != "auto":
+        return mode == "days"
+    start = cutoff - dt.timedelta(days=cfg.rank.label_days)
+    row = (
+        base.where(F.col("positive"))
+        .agg(
+            F.countDistinct("user_id").alias("users"),
+            F.countDistinct(F.when(F.col("ts") >= _ts_lit(start), F.col("user_id"))).alias("recent"),
+        )
+        .first()
+    )
+    users, recent = int(row["users"] or 0), int(row["recent"] or 0)
+    by_days = recent >= max(cfg.rank.min_train_users, 0.1 * users)
+    log.info("aggregate: %d of %d users active in the last %d day(s) before %s: rank labels by %s",
+             recent, users, cfg.rank.label_days, cutoff, "days" if by_days else "steps")  # fmt: skip
+    return by_days
 
 
 def run_aggregate(cfg: Config, rd: RunDir) -> dict[str, object]:
@@ -446,13 +484,16 @@ def run_aggregate(cfg: Config, rd: RunDir) -> dict[str, object]:
     inter = interactions(clean, cfg.events.weights, cfg.events.min_rating_positive).cache()
     _write(catalog, str(rd.path("features", "catalog")))
     counts: dict[str, object] = {"protocol": cfg.evaluate.protocol if cfg.evaluate.enabled else "none"}
-    splits, tables = _splits(cfg, inter, run_date)
+    splits, tables, labels = _splits(cfg, inter, run_date)
+    counts["rank_labels_by"] = labels
     for name, table in tables.items():
         _write(table, str(rd.path("features", name)))
         counts[f"{name}_pairs"] = spark.read.parquet(str(rd.path("features", name))).count()
     for name, (ev, cutoff) in splits.items():
         if name == "train" and cfg.evaluate.protocol == "time":
             counts["split_date"] = cutoff.isoformat()
+        if name == "rank":
+            counts["rank_cutoff"] = cutoff.isoformat()
         seqs = sequences(ev, cutoff, cfg.model.max_history)
         _write(seqs, str(rd.path("features", name, "sequences")))
         seqs = spark.read.parquet(str(rd.path("features", name, "sequences")))
@@ -463,6 +504,8 @@ def run_aggregate(cfg: Config, rd: RunDir) -> dict[str, object]:
                str(rd.path("features", name, "covisitation")))  # fmt: skip
         _write(exclusions(ev, cfg.events.exclude_policy, cutoff), str(rd.path("features", name, "exclusions")))
         counts[f"{name}_users"] = seqs.count()
+        # The date the split's history ends before (its trending / new-arrival windows).
+        jsonio.write(rd.path("features", name, "split.json"), {"cutoff": cutoff.isoformat(), "rank_labels_by": labels})
         if ev is not inter:
             ev.unpersist()
     counts["splits"] = sorted(splits)

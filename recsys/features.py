@@ -7,6 +7,7 @@ package adds torch on top (recsys/model/data.py pads batches for it).
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,14 +27,10 @@ def feature_splits(cfg: Config) -> list[str]:
     return ["full"] + (["train"] if cfg.evaluate.enabled else []) + (["rank"] if cfg.rank.enabled else [])
 
 
-def split_cutoff(cfg: Config, run_date: dt.date, split: str) -> dt.date:
-    """The date a split's history ends before: its item windows (trending, new
-    arrivals) and which items existed are judged at this date."""
-    ec = cfg.evaluate
-    time_split = run_date - dt.timedelta(days=ec.holdout_days)
-    if split == "train" or (split == "rank" and ec.enabled):
-        return time_split if ec.protocol == "time" else run_date
-    return run_date
+def split_cutoff(split_dir: Path) -> dt.date:
+    """The date a split's history ends before (written by the aggregate stage): its item
+    windows (trending, new arrivals) and which items existed are judged at this date."""
+    return dt.date.fromisoformat(json.loads((split_dir / "split.json").read_text())["cutoff"])
 
 
 def item_text(title: str, category: str | None, brand: str | None, description: str | None) -> str:

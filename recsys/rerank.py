@@ -121,6 +121,7 @@ class SectionBuilder:
         rank = np.empty(len(pop), dtype=np.int64)
         rank[np.lexsort((np.arange(len(pop)), -pop))] = np.arange(len(pop))
         self.long_tail = rank >= int(len(pop) * rc.long_tail_quantile)
+        self.head_share = 1.0 - rank / max(len(pop) - 1, 1)  # [N] 1 = most popular, 0 = least
         self.row_of = {x: i for i, x in enumerate(ctx.catalog.ids)}
         self.vecs = ctx.item_vecs if ctx.item_vecs is not None else np.eye(len(pop), 1, dtype=np.float32)
 
@@ -132,9 +133,12 @@ class SectionBuilder:
         rc = self.cfg.rerank
         cats = self.ctx.catalog.category[pool.rows]
         v = self.vecs[pool.rows]
+        # Relevance in [0, 1] minus a popularity penalty: spreads exposure over the
+        # catalog (coverage) at a small cost in accuracy; see rerank.popularity_penalty.
+        rel = _normalise(np.asarray(pool.score, dtype=np.float64)) - rc.popularity_penalty * self.head_share[pool.rows]
         if rc.method == "dpp":
-            return dpp_select(pool.score, v, k, rc.mmr_lambda, cats, self.k_cap)
-        return mmr_select(pool.score, v, k, rc.mmr_lambda, cats, self.k_cap)
+            return dpp_select(rel, v, k, rc.mmr_lambda, cats, self.k_cap)
+        return mmr_select(rel, v, k, rc.mmr_lambda, cats, self.k_cap)
 
     def _slots(self, pool: Pool, picks: list[int], reason: Callable[[int], str]) -> list[dict[str, Any]]:
         out = []

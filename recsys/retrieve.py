@@ -197,7 +197,7 @@ def load_context(cfg: Config, rd: RunDir, split: str, with_vectors: bool = True)
     for u, r in zip(exc["user_id"], exc["row"], strict=True):
         if r >= 0:
             excluded[u].add(int(r))
-    cutoff = split_cutoff(cfg, rd.date, split)
+    cutoff = split_cutoff(rd.require("features", split))
     ctx = Context(
         cfg=cfg,
         cutoff=cutoff,

@@ -151,3 +151,22 @@ def test_cut_last_steps_leaves_last_n_out_per_user(spark):
     before2, after2 = cut_last_steps(inter, 2)
     assert rows(before2) == [("u1", "a", "view"), ("u2", "a", "view"), ("u3", "a", "view"), ("u3", "b", "click")]
     assert sorted({(r.user_id, r.item_id) for r in after2.collect()}) == [("u1", "b"), ("u1", "c")]
+
+
+def test_rank_labels_by_days_when_users_come_back(spark):
+    """auto: day labels when >= 10% of users (and min_train_users) were active in the
+    last label_days, else step labels (users who do not return, as on MovieLens)."""
+    from recsys.aggregate import rank_labels_by_days
+    from recsys.config import load_config
+
+    def inter(n_recent):
+        rows = [(f"u{i}", "a", "view", "2026-11-10T10:00:00", None) for i in range(20)]
+        rows += [(f"u{i}", "b", "view", "2026-11-21T10:00:00", None) for i in range(n_recent)]
+        return interactions(clean_events(spark, rows), WEIGHTS, 0.0)
+
+    cfg = load_config(overrides={"rank": {"min_train_users": 2}}, environ={})
+    assert rank_labels_by_days(cfg, inter(3), D)  # 3 of 20 users active on Nov 21
+    assert not rank_labels_by_days(cfg, inter(1), D)  # 1 < min_train_users
+    assert not rank_labels_by_days(cfg, inter(3), D + dt.timedelta(days=2))  # nobody in the last day
+    fixed = load_config(overrides={"rank": {"labels": "steps", "min_train_users": 2}}, environ={})
+    assert not rank_labels_by_days(fixed, inter(3), D)

@@ -252,8 +252,10 @@ class Trainer:
     def n_items(self) -> int:
         return len(self.bundle.item_ids)
 
+    objective: str = "next_item"
+
     def horizon(self) -> float:
-        return self.cfg.train.target_horizon_days if self.cfg.train.objective == "horizon" else 0.0
+        return self.cfg.train.target_horizon_days if self.objective == "horizon" else 0.0
 
     def refresh_table(self) -> None:
         self.table, self.bias = self.bundle.item_table()
@@ -336,6 +338,16 @@ class Trainer:
         return float(np.mean(vals)) if vals else None
 
 
+def resolve_objective(cfg: Config, rd: RunDir, split: str) -> str:
+    """train.objective, with auto resolved from how the aggregate stage labelled the
+    ranker: by days (users come back daily) -> horizon, else next_item."""
+    if cfg.train.objective != "auto":
+        return cfg.train.objective
+    meta = rd.path("features", split, "split.json")
+    by = jsonio.read(meta).get("rank_labels_by") if meta.is_file() else None
+    return "horizon" if by == "days" else "next_item"
+
+
 def _setup(cfg: Config, rd: RunDir) -> tuple[Trainer, dict[str, Any], Catalog, str]:
     """Data, model (warm-started when possible), encoder cache, splits, optimiser."""
     torch.manual_seed(cfg.train.seed)
@@ -380,16 +392,18 @@ def _setup(cfg: Config, rd: RunDir) -> tuple[Trainer, dict[str, Any], Catalog, s
     if enc_params:
         groups.append({"params": enc_params, "lr": cfg.train.encoder_lr})
     full = len(catalog.ids) <= cfg.train.full_softmax_max_items and enc.split > 0
+    objective = resolve_objective(cfg, rd, split)
     trainer = Trainer(
         cfg=cfg, bundle=bundle, seqs=seqs, train_wins=wins, val_rows=val_rows,
         target_freq=counts / max(counts.sum(), 1.0),
         opt=torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay), rng=rng, full_softmax=full,
+        objective=objective,
     )  # fmt: skip
     log.info(
         "train: split=%s, %d users (%d validation), %d windows, %d items (%d with id rows), device=%s, "
         "encoder layers trained=%d/%d, %s softmax, objective=%s, encoder cache %.1fs",
         split, len(seqs), len(val_rows), len(wins), len(catalog.ids), int((model.item.id_index > 0).sum()), device,
-        enc.n_train, len(enc.bert.encoder.layer), "full" if full else "sampled", cfg.train.objective,
+        enc.n_train, len(enc.bert.encoder.layer), "full" if full else "sampled", objective,
         time.time() - t_cache,
     )  # fmt: skip
     return trainer, warm_info, catalog, split
@@ -442,7 +456,7 @@ def train_model(cfg: Config, rd: RunDir) -> dict[str, Any]:
         "items_with_id_rows": int((model.item.id_index > 0).sum()),
         "encoder_layers_trained": model.item.encoder.n_train,
         "softmax": "full" if tr.full_softmax else "sampled",
-        "objective": cfg.train.objective,
+        "objective": tr.objective,
         "steps": tr.steps,
         "positions": tr.positions,
         "positions_per_s": round(tr.positions / elapsed, 1) if elapsed > 0 else None,

@@ -61,3 +61,21 @@ def test_windows_cover_every_transition_once():
     assert windows(seqs, np.array([0]), max_len=3, drop_last=2).tolist() == [[0, 2, 5], [0, 0, 3]]
     items, _types, _ts, valid = pad_windows(seqs, w)
     assert items[0].tolist() == [4, 5, 6] and items[3].tolist() == [8, 9, 10] and valid.all()
+
+
+def test_objective_auto_follows_how_the_ranker_is_labelled(tmp_path):
+    import datetime as dt
+
+    from recsys import jsonio
+    from recsys.config import load_config
+    from recsys.model.train import resolve_objective
+    from recsys.rundir import RunDir
+
+    cfg = load_config(overrides={"paths": {"work_root": str(tmp_path)}}, environ={})
+    rd = RunDir(cfg, dt.date(2026, 11, 22))
+    assert resolve_objective(cfg, rd, "rank") == "next_item"  # nothing written: next item
+    jsonio.write(rd.path("features", "rank", "split.json"), {"cutoff": "2026-11-21", "rank_labels_by": "days"})
+    assert resolve_objective(cfg, rd, "rank") == "horizon"  # users come back daily
+    fixed = load_config(overrides={"paths": {"work_root": str(tmp_path)}, "train": {"objective": "next_item"}},
+                        environ={})  # fmt: skip
+    assert resolve_objective(fixed, rd, "rank") == "next_item"
