@@ -96,13 +96,12 @@ def wide_candidates(cands: pd.DataFrame) -> pd.DataFrame:
         out[f"{s}_rank"] = wide["source_rank"][s] if ("source_rank", s) in wide.columns else np.nan
     g = c.groupby(["user_id", "item_id"], sort=True)
     out["n_sources"] = g.size()
-    # Provenance: the source that ranked the item best; the co-visitation anchor when
-    # co-visitation returned it (the most explainable reason), else that source's anchor.
+    # Provenance: the source that ranked the item best and its anchor (the pair must
+    # agree: the slot's reason is written from both).
     first = g.first()
     out["source"] = first["source"]
     out["sources"] = g["source"].agg(lambda s: ",".join(sorted(s)))
-    cov = c[c["source"] == "covisitation"].groupby(["user_id", "item_id"])["anchor"].first()
-    out["anchor"] = cov.reindex(out.index).fillna(first["anchor"].fillna(""))
+    out["anchor"] = first["anchor"].fillna("")
     return out.reset_index()
 
 

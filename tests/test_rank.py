@@ -58,6 +58,10 @@ def test_wide_candidates_one_row_per_pair_with_provenance():
     assert w.loc["i2", "covisitation_rank"] == 1 and w.loc["i2", "two_tower_rank"] == 3
     assert np.isnan(w.loc["i2", "popularity_rank"]) and w.loc["i2", "n_sources"] == 2
     assert w.loc["i2", "sources"] == "covisitation,two_tower" and w.loc["i2", "anchor"] == "i1"
+    # source and anchor come from the same (best-ranked) source: the reason uses both
+    c2 = cands([("u0", "i2", 5.0, "covisitation", 4, "i1"), ("u0", "i2", 0.9, "trending", 1, "Books")])
+    w2 = wide_candidates(c2).iloc[0]
+    assert (w2["source"], w2["anchor"]) == ("trending", "Books")
     assert w.loc["i3", "source"] == "popularity" and w.loc["i3", "n_sources"] == 1
 
 
