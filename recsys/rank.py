@@ -105,113 +105,164 @@ def wide_candidates(cands: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def pair_features(space: FeatureSpace, pairs: pd.DataFrame, recent: int) -> tuple[np.ndarray, list[str]]:
-    """[P, F] float32 features of (user, item) pairs; NaN = not defined (LightGBM's
-    missing value). `pairs` comes from `wide_candidates`."""
-    ctx = space.ctx
-    cat = ctx.catalog
-    n_items = len(cat.ids)
-    i_row = cat.index().get_indexer(pairs["item_id"]).astype(np.int64)  # [P]
-    users = pairs["user_id"].to_numpy()
-    uniq, u_pos = np.unique(users, return_inverse=True)  # pair -> position in uniq
-    s_row = np.array([ctx.user_row.get(u, -1) for u in uniq], dtype=np.int64)  # [Uq] row in seqs
-    cols: dict[str, np.ndarray] = {}
+@dataclass
+class PairBatch:
+    """One batch of (user, item) pairs as arrays, shared by the feature groups."""
+
+    pairs: pd.DataFrame  # from wide_candidates
+    i_row: np.ndarray  # [P] catalog row of each pair's item
+    users: np.ndarray  # [Uq] the batch's distinct users
+    u_pos: np.ndarray  # [P] position of each pair's user in `users`
+    H: np.ndarray  # [Uq, R] last R history items, most recent first (-1 = pad)
+    hist_len: np.ndarray  # [Uq] history length in steps
+    last_ts: np.ndarray  # [Uq] seconds of the last step (NaN = none)
+    flat: tuple[np.ndarray, ...]  # (user pos, item row, position, ts, history length) per step
+    cutoff_s: int  # the split's cutoff in epoch seconds
+
+    @staticmethod
+    def build(ctx: Context, pairs: pd.DataFrame, recent: int) -> PairBatch:
+        users, u_pos = np.unique(pairs["user_id"].to_numpy(), return_inverse=True)
+        s_row = np.array([ctx.user_row.get(u, -1) for u in users], dtype=np.int64)  # [Uq] row in seqs
+        H = np.full((len(users), recent), -1, dtype=np.int64)
+        hist_len = np.zeros(len(users))
+        last_ts = np.full(len(users), np.nan)
+        for j, r in enumerate(s_row):
+            if r < 0:
+                continue
+            it, _ty, ts = ctx.seqs.row(int(r))
+            h = it[::-1][:recent]
+            H[j, : len(h)] = h
+            hist_len[j] = len(it)
+            last_ts[j] = ts[-1] if len(ts) else np.nan
+        return PairBatch(
+            pairs=pairs, i_row=ctx.catalog.index().get_indexer(pairs["item_id"]).astype(np.int64), users=users,
+            u_pos=u_pos.astype(np.int64), H=H, hist_len=hist_len, last_ts=last_ts, flat=_history_flat(ctx, s_row),
+            cutoff_s=int((np.datetime64(ctx.cutoff, "s") - np.datetime64(0, "s")).astype(np.int64)),
+        )  # fmt: skip
+
+
+Columns = dict[str, np.ndarray]
+
+
+def source_features(space: FeatureSpace, b: PairBatch) -> Columns:
+    """Every source's score and rank (NaN = the source did not return the item)."""
+    cols = {}
     for s in SOURCES:
-        cols[f"{s}_score"] = pairs[f"{s}_score"].to_numpy(np.float64)
-        cols[f"{s}_rank"] = pairs[f"{s}_rank"].to_numpy(np.float64)
-    cols["n_sources"] = pairs["n_sources"].to_numpy(np.float64)
+        cols[f"{s}_score"] = b.pairs[f"{s}_score"].to_numpy(np.float64)
+        cols[f"{s}_rank"] = b.pairs[f"{s}_rank"].to_numpy(np.float64)
+    cols["n_sources"] = b.pairs["n_sources"].to_numpy(np.float64)
+    return cols
 
-    # History arrays: last `recent` items per user, most recent first ([Uq, R], -1 = pad).
-    R = recent
-    H = np.full((len(uniq), R), -1, dtype=np.int64)
-    hist_len = np.zeros(len(uniq))
-    last_ts = np.full(len(uniq), np.nan)
-    for j, r in enumerate(s_row):
-        if r < 0:
-            continue
-        it, _ty, ts = ctx.seqs.row(int(r))
-        h = it[::-1][:R]
-        H[j, : len(h)] = h
-        hist_len[j] = len(it)
-        last_ts[j] = ts[-1] if len(ts) else np.nan
-    cutoff_s = (np.datetime64(ctx.cutoff, "s") - np.datetime64(0, "s")).astype(np.int64)
-    cols["user_history_len"] = hist_len[u_pos]
-    cols["user_days_since_last"] = ((cutoff_s - last_ts) / 86400.0)[u_pos]
 
-    # Model score for every pair (not only two-tower's own candidates) and similarity of
-    # the candidate to the user's recent items in the item tower's space.
-    if ctx.item_vecs is not None and ctx.user_vecs:
-        U = np.stack([ctx.user_vecs.get(u, np.zeros(ctx.item_vecs.shape[1], np.float32)) for u in uniq])
-        Iv = ctx.item_vecs[i_row]  # [P, d]
-        bias = ctx.item_bias[i_row] if ctx.item_bias is not None else 0.0
-        has_u = np.array([u in ctx.user_vecs for u in uniq])[u_pos]
-        cols["model_score"] = np.where(has_u, (U[u_pos] * Iv).sum(1) / ctx.temperature + bias, np.nan)
-        Hp = H[u_pos]  # [P, R]
-        sims = np.einsum("pd,prd->pr", Iv, ctx.item_vecs[np.maximum(Hp, 0)])  # [P, R]
-        sims = np.where(Hp >= 0, sims, np.nan)
-        w = 1.0 / (1.0 + np.arange(R))  # recency weights, most recent first
-        valid = Hp >= 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cols["sim_last"] = sims[:, 0]
-            cols["sim_max"] = np.nanmax(np.where(valid, sims, -np.inf), 1)
-            cols["sim_mean"] = np.nansum(sims, 1) / valid.sum(1)
-            cols["sim_recency"] = np.nansum(sims * w, 1) / (valid * w).sum(1)
-        cols["sim_max"] = np.where(valid.any(1), cols["sim_max"], np.nan)
-    # Co-visitation from each recent item to the candidate.
-    Hp = H[u_pos]
-    cv = np.stack([space.covis.get(np.maximum(Hp[:, j], 0), i_row) * (Hp[:, j] >= 0) for j in range(R)], 1)
-    cols["covis_last"] = cv[:, 0]
-    cols["covis_max"] = cv.max(1)
-    cols["covis_recency"] = (cv / (1.0 + np.arange(R))).sum(1)
-    cols["covis_best_pos"] = np.where(cv.max(1) > 0, cv.argmax(1), np.nan)
+def user_features(space: FeatureSpace, b: PairBatch) -> Columns:
+    """History length and days since the user's last step."""
+    return {"user_history_len": b.hist_len[b.u_pos],
+            "user_days_since_last": ((b.cutoff_s - b.last_ts) / 86400.0)[b.u_pos]}  # fmt: skip
 
-    # Item popularity, trend, age, price.
+
+def vector_features(space: FeatureSpace, b: PairBatch) -> Columns:
+    """The model score for every pair (not only the two-tower's own candidates) and the
+    candidate's similarity to the user's recent items in the item tower's space."""
+    ctx = space.ctx
+    if ctx.item_vecs is None or not ctx.user_vecs:
+        return {}
+    d = ctx.item_vecs.shape[1]
+    U = np.stack([ctx.user_vecs.get(u, np.zeros(d, np.float32)) for u in b.users])  # [Uq, d]
+    Iv = ctx.item_vecs[b.i_row]  # [P, d]
+    bias = ctx.item_bias[b.i_row] if ctx.item_bias is not None else 0.0
+    has_u = np.array([u in ctx.user_vecs for u in b.users])[b.u_pos]
+    Hp = b.H[b.u_pos]  # [P, R]
+    valid = Hp >= 0
+    sims = np.where(valid, np.einsum("pd,prd->pr", Iv, ctx.item_vecs[np.maximum(Hp, 0)]), np.nan)  # [P, R]
+    w = 1.0 / (1.0 + np.arange(Hp.shape[1]))  # recency weights, most recent first
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "model_score": np.where(has_u, (U[b.u_pos] * Iv).sum(1) / ctx.temperature + bias, np.nan),
+            "sim_last": sims[:, 0],
+            "sim_max": np.where(valid.any(1), np.nanmax(np.where(valid, sims, -np.inf), 1), np.nan),
+            "sim_mean": np.nansum(sims, 1) / valid.sum(1),
+            "sim_recency": np.nansum(sims * w, 1) / (valid * w).sum(1),
+        }
+
+
+def covis_features(space: FeatureSpace, b: PairBatch) -> Columns:
+    """Co-visitation from each recent item to the candidate: last, max, recency-weighted,
+    and which recent step gave the most (0 = the last one)."""
+    Hp = b.H[b.u_pos]
+    cv = np.stack([space.covis.get(np.maximum(Hp[:, j], 0), b.i_row) * (Hp[:, j] >= 0)
+                   for j in range(Hp.shape[1])], 1)  # fmt: skip
+    return {
+        "covis_last": cv[:, 0],
+        "covis_max": cv.max(1),
+        "covis_recency": (cv / (1.0 + np.arange(cv.shape[1]))).sum(1),
+        "covis_best_pos": np.where(cv.max(1) > 0, cv.argmax(1), np.nan),
+    }
+
+
+def item_features(space: FeatureSpace, b: PairBatch) -> Columns:
+    """Popularity, trend, age and price of the item."""
+    ctx, i = space.ctx, b.i_row
     st = ctx.item_stats
-    pop = st["pop_score"].to_numpy(np.float64)[i_row]
-    trend = st["trend_score"].to_numpy(np.float64)[i_row]
-    cols["item_pop"] = np.log1p(pop)
-    cols["item_trend"] = np.log1p(trend)
-    cols["item_trend_share"] = trend / (pop + 1.0)
-    cols["item_users"] = np.log1p(st["n_users"].to_numpy(np.float64)[i_row]) if "n_users" in st else np.nan
-    cols["item_pop_pct"] = space.pop_pct[i_row]
-    created = cat.created_at[i_row]
+    pop = st["pop_score"].to_numpy(np.float64)[i]
+    trend = st["trend_score"].to_numpy(np.float64)[i]
+    created = ctx.catalog.created_at[i]
     age = (np.datetime64(ctx.cutoff, "us") - created).astype("timedelta64[s]").astype(np.float64) / 86400.0
-    cols["item_age_days"] = np.where(np.isnat(created), np.nan, age)
-    price = cat.price
-    cols["item_price"] = price[i_row]
+    return {
+        "item_pop": np.log1p(pop),
+        "item_trend": np.log1p(trend),
+        "item_trend_share": trend / (pop + 1.0),
+        "item_users": np.log1p(st["n_users"].to_numpy(np.float64)[i]) if "n_users" in st else np.full(len(i), np.nan),
+        "item_pop_pct": space.pop_pct[i],
+        "item_age_days": np.where(np.isnat(created), np.nan, age),
+        "item_price": ctx.catalog.price[i],
+    }
 
-    # The user's own past with the item, its category and its brand.
-    flat_u, flat_i, flat_pos, flat_ts, flat_len = _history_flat(ctx, s_row)
-    per_ui = PairLookup(flat_u, flat_i, np.ones(len(flat_u)), n_items)
-    u_idx = u_pos.astype(np.int64)
-    uk, ucount = np.unique(flat_u * n_items + flat_i, return_counts=True)
-    cols["user_item_count"] = PairLookup(uk // n_items, uk % n_items, ucount.astype(np.float64), n_items).get(
-        u_idx, i_row
-    )
-    # steps since the user last had the item (most recent occurrence), days since then
-    back = (flat_len - 1 - flat_pos).astype(np.float64)
-    o = np.lexsort((-back, flat_u * n_items + flat_i))  # per key: the smallest steps-back last
-    key = (flat_u * n_items + flat_i)[o]
-    last = np.r_[key[1:] != key[:-1], True]
-    cols["user_item_steps_since"] = PairLookup(key[last] // n_items, key[last] % n_items, back[o][last], n_items).get(
-        u_idx, i_row, np.nan
-    )
-    cols["user_item_days_since"] = PairLookup(
-        key[last] // n_items, key[last] % n_items, ((cutoff_s - flat_ts) / 86400.0)[o][last], n_items
-    ).get(u_idx, i_row, np.nan)
-    del per_ui
-    denom = np.maximum(hist_len[u_pos], 1.0)
+
+def user_item_features(space: FeatureSpace, b: PairBatch) -> Columns:
+    """The user's own past with the item (count, steps and days since the last time),
+    with its category and brand (share of the history), and its price level."""
+    n = len(space.ctx.catalog.ids)
+    price = space.ctx.catalog.price
+    fu, fi, fpos, fts, flen = b.flat
+    key = fu * n + fi
+    uk, ucount = np.unique(key, return_counts=True)
+    cols = {"user_item_count": PairLookup(uk // n, uk % n, ucount.astype(np.float64), n).get(b.u_pos, b.i_row)}
+    back = (flen - 1 - fpos).astype(np.float64)  # steps back from the end of the history
+    o = np.lexsort((-back, key))  # per key, the most recent occurrence last
+    k = key[o]
+    last = np.r_[k[1:] != k[:-1], True]
+    recent = PairLookup(k[last] // n, k[last] % n, back[o][last], n)
+    days = PairLookup(k[last] // n, k[last] % n, ((b.cutoff_s - fts) / 86400.0)[o][last], n)
+    cols["user_item_steps_since"] = recent.get(b.u_pos, b.i_row, np.nan)
+    cols["user_item_days_since"] = days.get(b.u_pos, b.i_row, np.nan)
+    denom = np.maximum(b.hist_len[b.u_pos], 1.0)
     for name, code in (("category", space.cat_code), ("brand", space.brand_code)):
         m = int(code.max()) + 1 if len(code) else 1
-        k, c = np.unique(flat_u * m + code[flat_i], return_counts=True)
-        share = PairLookup(k // m, k % m, c.astype(np.float64), m).get(u_idx, code[i_row]) / denom
-        cols[f"user_{name}_share"] = share if name == "category" else np.where(code[i_row] > 0, share, np.nan)
+        ck, cc = np.unique(fu * m + code[fi], return_counts=True)
+        share = PairLookup(ck // m, ck % m, cc.astype(np.float64), m).get(b.u_pos, code[b.i_row]) / denom
+        cols[f"user_{name}_share"] = share if name == "category" else np.where(code[b.i_row] > 0, share, np.nan)
+    hp = price[fi] if len(fi) else np.zeros(0)
+    sums = np.bincount(fu, weights=np.nan_to_num(hp), minlength=len(b.users))
+    cnts = np.bincount(fu, weights=~np.isnan(hp), minlength=len(b.users))
     with np.errstate(invalid="ignore", divide="ignore"):
-        hp = np.where(flat_i >= 0, price[flat_i], np.nan)
-        sums = np.bincount(flat_u, weights=np.nan_to_num(hp), minlength=len(uniq))
-        cnts = np.bincount(flat_u, weights=~np.isnan(hp), minlength=len(uniq))
         user_price = np.where(cnts > 0, sums / np.maximum(cnts, 1), np.nan)
-        cols["price_vs_user"] = price[i_row] / user_price[u_pos]
+        cols["price_vs_user"] = price[b.i_row] / user_price[b.u_pos]
+    return cols
+
+
+# The feature registry: a new feature group is one function here. The saved ranker
+# records its feature names, and applying it with other features is a clear error.
+FEATURE_GROUPS = [source_features, user_features, vector_features, covis_features, item_features,
+                  user_item_features]  # fmt: skip
+
+
+def pair_features(space: FeatureSpace, pairs: pd.DataFrame, recent: int) -> tuple[np.ndarray, list[str]]:
+    """[P, F] float32 features of (user, item) pairs from every registered group; NaN =
+    not defined (LightGBM's missing value). `pairs` comes from `wide_candidates`."""
+    batch = PairBatch.build(space.ctx, pairs, recent)
+    cols: Columns = {}
+    for group in FEATURE_GROUPS:
+        cols.update(group(space, batch))
     names = list(cols)
     X = np.column_stack([np.asarray(cols[c], dtype=np.float64) for c in names]).astype(np.float32)
     X[~np.isfinite(X)] = np.nan
