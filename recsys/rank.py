@@ -84,25 +84,42 @@ class FeatureSpace:
 
 
 def wide_candidates(cands: pd.DataFrame) -> pd.DataFrame:
-    """Long candidates (one row per source) -> one row per (user, item) with
-    <source>_score / <source>_rank for every registered source (NaN when it did not
-    return the item), n_sources, and the provenance columns source, sources, anchor."""
-    c = cands.sort_values(["user_id", "item_id", "source_rank", "source"], kind="stable")
-    wide = c.pivot_table(index=["user_id", "item_id"], columns="source", values=["score", "source_rank"],
-                         aggfunc="first", observed=True)  # fmt: skip
-    out = pd.DataFrame(index=wide.index)
-    for s in SOURCES:
-        out[f"{s}_score"] = wide["score"][s] if ("score", s) in wide.columns else np.nan
-        out[f"{s}_rank"] = wide["source_rank"][s] if ("source_rank", s) in wide.columns else np.nan
-    g = c.groupby(["user_id", "item_id"], sort=True)
-    out["n_sources"] = g.size()
-    # Provenance: the source that ranked the item best and its anchor (the pair must
-    # agree: the slot's reason is written from both).
-    first = g.first()
-    out["source"] = first["source"]
-    out["sources"] = g["source"].agg(lambda s: ",".join(sorted(s)))
-    out["anchor"] = first["anchor"].fillna("")
-    return out.reset_index()
+    """Long candidates (one row per source) -> one row per (user, item), sorted by user
+    then item, with <source>_score / <source>_rank for every registered source (NaN
+    when it did not return the item), n_sources, and the provenance columns source (the
+    source that ranked the item best), sources (all of them) and anchor (the best
+    source's). Vectorised over integer keys: 6M candidate rows take seconds, where a
+    pandas pivot and a per-group join took 80 s."""
+    names = sorted(SOURCES)  # ties in rank go to the alphabetically first source
+    u_code, u_uniq = pd.factorize(cands["user_id"], sort=True)
+    i_code, i_uniq = pd.factorize(cands["item_id"], sort=True)
+    s_code = pd.Categorical(cands["source"], categories=names).codes.astype(np.int64)  # -1 = unregistered
+    key = u_code.astype(np.int64) * max(len(i_uniq), 1) + i_code
+    rank = cands["source_rank"].to_numpy(np.float64)
+    order = np.lexsort((s_code, rank, key))  # per pair: the best-ranked source first
+    key_o = key[order]
+    start = np.flatnonzero(np.r_[True, key_o[1:] != key_o[:-1]])  # [P] first row of each pair
+    pair_of_row = np.cumsum(np.r_[True, key_o[1:] != key_o[:-1]]) - 1  # [rows] pair index, in `order`
+    first = order[start]
+    out = pd.DataFrame({"user_id": u_uniq[u_code[first]], "item_id": i_uniq[i_code[first]]})
+    score = cands["score"].to_numpy(np.float64)[order]
+    src_o = s_code[order]
+    mask = np.zeros(len(start), dtype=np.int64)
+    for name in SOURCES:  # columns in registry order (the ranker's feature order)
+        j = names.index(name)
+        col_s, col_r = np.full(len(start), np.nan), np.full(len(start), np.nan)
+        hit = src_o == j
+        col_s[pair_of_row[hit]] = score[hit]
+        col_r[pair_of_row[hit]] = rank[order][hit]
+        out[f"{name}_score"], out[f"{name}_rank"] = col_s, col_r
+        mask[np.unique(pair_of_row[hit])] |= 1 << j
+    out["n_sources"] = np.diff(np.r_[start, len(order)])
+    out["source"] = cands["source"].to_numpy()[first]
+    labels = np.array([",".join(n for j, n in enumerate(names) if m >> j & 1) for m in range(1 << len(names))],
+                      dtype=object)  # fmt: skip
+    out["sources"] = labels[mask]
+    out["anchor"] = cands["anchor"].fillna("").to_numpy()[first] if "anchor" in cands else ""
+    return out
 
 
 @dataclass
