@@ -208,7 +208,8 @@ class RankConfig(_Section):
     # Fewer label users with a positive among their candidates than this: no ranker,
     # the RRF blend is the ranked list (logged with the reason).
     min_train_users: int = Field(default=50, ge=2)
-    max_train_users: int = Field(default=100_000, ge=10)
+    # Label users sampled for training (each brings ~200 candidate rows and ~40 features).
+    max_train_users: int = Field(default=50_000, ge=10)
     # Users kept aside to early-stop the ranker and to compare it with the blend.
     val_fraction: float = Field(default=0.2, gt=0.0, lt=0.5)
     # Shallow trees, a low rate and patient early stopping: the label users of a small

@@ -98,8 +98,9 @@ def wide_candidates(cands: pd.DataFrame) -> pd.DataFrame:
     rank = cands["source_rank"].to_numpy(np.float64)
     order = np.lexsort((s_code, rank, key))  # per pair: the best-ranked source first
     key_o = key[order]
-    start = np.flatnonzero(np.r_[True, key_o[1:] != key_o[:-1]])  # [P] first row of each pair
-    pair_of_row = np.cumsum(np.r_[True, key_o[1:] != key_o[:-1]]) - 1  # [rows] pair index, in `order`
+    new_pair = np.r_[True, key_o[1:] != key_o[:-1]][: len(key_o)]  # [rows] row starts a pair
+    start = np.flatnonzero(new_pair)  # [P] first row of each pair
+    pair_of_row = np.cumsum(new_pair) - 1  # [rows] pair index, in `order`
     first = order[start]
     out = pd.DataFrame({"user_id": u_uniq[u_code[first]], "item_id": i_uniq[i_code[first]]})
     score = cands["score"].to_numpy(np.float64)[order]
@@ -184,7 +185,10 @@ def vector_features(space: FeatureSpace, b: PairBatch) -> Columns:
     if ctx.item_vecs is None or not ctx.user_vecs:
         return {}
     d = ctx.item_vecs.shape[1]
-    U = np.stack([ctx.user_vecs.get(u, np.zeros(d, np.float32)) for u in b.users])  # [Uq, d]
+    U = np.zeros((len(b.users), d), dtype=np.float32)  # [Uq, d]
+    for j, u in enumerate(b.users):
+        if u in ctx.user_vecs:
+            U[j] = ctx.user_vecs[u]
     Iv = ctx.item_vecs[b.i_row]  # [P, d]
     bias = ctx.item_bias[b.i_row] if ctx.item_bias is not None else 0.0
     has_u = np.array([u in ctx.user_vecs for u in b.users])[b.u_pos]
@@ -247,7 +251,7 @@ def user_item_features(space: FeatureSpace, b: PairBatch) -> Columns:
     back = (flen - 1 - fpos).astype(np.float64)  # steps back from the end of the history
     o = np.lexsort((-back, key))  # per key, the most recent occurrence last
     k = key[o]
-    last = np.r_[k[1:] != k[:-1], True]
+    last = np.r_[k[1:] != k[:-1], True][: len(k)]  # the last row of each key
     recent = PairLookup(k[last] // n, k[last] % n, back[o][last], n)
     days = PairLookup(k[last] // n, k[last] % n, ((b.cutoff_s - fts) / 86400.0)[o][last], n)
     cols["user_item_steps_since"] = recent.get(b.u_pos, b.i_row, np.nan)

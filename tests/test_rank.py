@@ -141,3 +141,11 @@ def test_rank_stage_outputs(tiny_run, tiny_rd):
     else:
         assert info["ranker"] == "lightgbm-lambdarank" and tiny_rd.path("ranker", "model.txt").is_file()
         assert {n for n, _ in meta["feature_importance_gain"]} == set(meta["features"])
+
+
+def test_empty_candidates_give_an_empty_feature_matrix():
+    ctx = tiny_context()
+    pairs = wide_candidates(cands([]))
+    assert len(pairs) == 0 and "two_tower_rank" in pairs
+    X, names = pair_features(FeatureSpace.build(ctx), pairs, recent=3)
+    assert X.shape == (0, len(names)) and len(names) > 30
