@@ -90,7 +90,10 @@ class ModelConfig(_Section):
     # any Hugging Face model directory works.
     encoder_path: str | None = None
     max_text_len: int = Field(default=48, ge=8, le=512)
-    dim: int = Field(default=64, ge=8)
+    # Measured on ml-latest-small (leave-last-one), two-tower / ranked NDCG@10: dim 64
+    # 0.038 / 0.061, 128 0.055 / 0.067, 256 0.051 / 0.068; synthetic (7-day holdout)
+    # 64 vs 128: 0.195 / 0.222 vs 0.193 / 0.219 (within the intervals).
+    dim: int = Field(default=128, ge=8)
     # The user tower reads the last max_seq_len steps; aggregate keeps max_history steps
     # per user (training slides max_seq_len windows over all of them, co-visitation
     # counts pairs in all of them).
