@@ -191,6 +191,21 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_setup(args: argparse.Namespace) -> int:
+    """Deployment step, run once by an administrator: schema migrations, the site's
+    read-only role and its grants. Nightly publishes need no role privileges."""
+    from recsys.publish import db
+
+    engine = db.make_engine(_config(args).database_url())
+    with engine.begin() as conn:
+        applied = db.apply_migrations(conn)
+        db.grant_reader(conn, args.reader_role, args.grant_to)
+    engine.dispose()
+    print(f"migrations applied: {applied or 'none (up to date)'}; reader role {args.reader_role}"
+          + (f" granted to {', '.join(args.grant_to)}" if args.grant_to else ""))  # fmt: skip
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
@@ -275,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s, date=False)
     s.add_argument("--to", required=True, metavar="RUN_KEY")
     s.set_defaults(func=cmd_rollback)
+
+    s = sub.add_parser("db-setup", help="administrator, once: migrations + the site's read-only role")
+    _common(s, date=False)
+    s.add_argument("--reader-role", default="homepage_reader")
+    s.add_argument("--grant-to", nargs="*", default=[], metavar="LOGIN", help="site login roles")
+    s.set_defaults(func=cmd_db_setup)
 
     s = sub.add_parser("config", help="print the resolved configuration")
     _common(s, date=False)

@@ -29,6 +29,8 @@ from recsys.contract import (
     EVENT_COLUMNS,
     EVENT_REQUIRED,
     InputError,
+    Partition,
+    event_window,
     list_partitions,
     read_raw,
     select_catalog_partition,
@@ -81,41 +83,67 @@ def _blank(c: Column) -> Column:
     return c.isNull() | (F.trim(c) == "")
 
 
+def bad_id(c: Column, pattern: str, max_length: int) -> Column:
+    """True where a (trimmed, non-blank) id breaks the id rule: too long or outside the
+    allowed characters."""
+    from pyspark.sql import functions as F
+
+    return (F.length(c) > max_length) | ~c.rlike(f"^(?:{pattern})$")
+
+
+def _finite(c: Column) -> Column:
+    from pyspark.sql import functions as F
+
+    return ~F.isnan(c) & (F.abs(c) < float("inf"))
+
+
 def validate_events(
     raw: DataFrame,
     catalog_ids: DataFrame,
     run_date: dt.date,
     known_types: list[str],
     bot_max_events_per_day: int,
+    window_start: dt.date | None = None,
+    id_pattern: str = r"[^\s\x00-\x1f\x7f\x{fffd}]+",
+    id_max_length: int = 256,
 ) -> tuple[DataFrame, DataFrame]:
     """Split raw events into (clean typed rows, quarantined raw rows with `reason`).
 
-    Reasons, first match wins: unparseable_row, missing_<field>, bad_timestamp,
-    unknown_event_type, future_timestamp (ts >= run date 00:00 UTC), bad_value,
-    unknown_item, duplicate (exact repeat of user/item/type/ts/session; the first is
-    kept), bot_like_user (every event of a user with more than bot_max_events_per_day
-    events on one day).
+    Ids are trimmed first. Reasons, first match wins: unparseable_row, missing_<field>,
+    bad_user_id / bad_item_id (id rule: id_pattern, id_max_length), bad_timestamp,
+    unknown_event_type, future_timestamp (ts >= run date 00:00 UTC), outside_window (ts
+    before window_start: an old event inside a recent partition), bad_value (not a
+    finite number), unknown_item, duplicate (exact repeat of user/item/type/ts/session;
+    the first is kept), bot_like_user (every event of a user with more than
+    bot_max_events_per_day events on one day).
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    df = raw.withColumn("event_type_n", F.lower(F.trim("event_type")))
+    df = raw.withColumn("_user", F.trim("user_id")).withColumn("_item", F.trim("item_id"))
+    df = df.withColumn("event_type_n", F.lower(F.trim("event_type")))
     df = df.withColumn("ts_p", parse_ts(F.col("ts")))
     df = df.withColumn("value_p", F.col("value").try_cast("double"))
     ids = catalog_ids.select(F.col("item_id").alias("_cat_item")).distinct()
-    df = df.join(F.broadcast(ids), df.item_id == ids._cat_item, "left")
+    df = df.join(F.broadcast(ids), df._item == ids._cat_item, "left")
     reason = F.when(F.col("_corrupt").isNotNull(), F.lit("unparseable_row"))
     for c in EVENT_REQUIRED:
         reason = reason.when(_blank(F.col(c)), F.lit(f"missing_{c}"))
     reason = (
-        reason.when(F.col("ts_p").isNull(), F.lit("bad_timestamp"))
+        reason.when(bad_id(F.col("_user"), id_pattern, id_max_length), F.lit("bad_user_id"))
+        .when(bad_id(F.col("_item"), id_pattern, id_max_length), F.lit("bad_item_id"))
+        .when(F.col("ts_p").isNull(), F.lit("bad_timestamp"))
         .when(~F.col("event_type_n").isin(known_types), F.lit("unknown_event_type"))
         .when(F.col("ts_p") >= _ts_lit(run_date), F.lit("future_timestamp"))
-        .when(F.col("value").isNotNull() & F.col("value_p").isNull(), F.lit("bad_value"))
+        .when(
+            F.lit(window_start is not None) & (F.col("ts_p") < _ts_lit(window_start or run_date)),
+            F.lit("outside_window"),
+        )  # fmt: skip
+        .when(F.col("value").isNotNull() & (F.col("value_p").isNull() | ~_finite(F.col("value_p"))), F.lit("bad_value"))
         .when(F.col("_cat_item").isNull(), F.lit("unknown_item"))
     )
     df = df.withColumn("reason", reason)
-    key = ["user_id", "item_id", "event_type_n", "ts_p", "session_id"]
+    key = ["_user", "_item", "event_type_n", "ts_p", "session_id"]
     dup_w = Window.partitionBy(*key).orderBy("source_file", "dt")
     df = df.withColumn(
         "reason",
@@ -126,19 +154,19 @@ def validate_events(
     ok = F.col("reason").isNull()
     per_day = (
         df.where(ok)
-        .groupBy("user_id", F.to_date("ts_p").alias("d"))
+        .groupBy("_user", F.to_date("ts_p").alias("d"))
         .count()
         .where(F.col("count") > bot_max_events_per_day)
-        .select(F.col("user_id").alias("_bot"))
+        .select(F.col("_user").alias("_bot"))
         .distinct()
     )
-    df = df.join(F.broadcast(per_day), df.user_id == per_day._bot, "left")
+    df = df.join(F.broadcast(per_day), df._user == per_day._bot, "left")
     df = df.withColumn(
         "reason", F.when(ok & F.col("_bot").isNotNull(), F.lit("bot_like_user")).otherwise(F.col("reason"))
     )
     clean = df.where(F.col("reason").isNull()).select(
-        "user_id",
-        "item_id",
+        F.col("_user").alias("user_id"),
+        F.col("_item").alias("item_id"),
         F.col("event_type_n").alias("event_type"),
         F.col("ts_p").alias("ts"),
         "session_id",
@@ -149,19 +177,39 @@ def validate_events(
     return clean, quarantine
 
 
-def validate_catalog(raw: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """(clean items, quarantined rows). Reasons: unparseable_row, missing_<field>,
-    bad_price, duplicate_item_id (the first row per item_id by file order is kept)."""
+def _clean_text(c: Column, max_chars: int) -> Column:
+    """NUL bytes removed (PostgreSQL text refuses them), trimmed, capped."""
+    from pyspark.sql import functions as F
+
+    return F.substring(F.trim(F.regexp_replace(c, "\u0000", "")), 1, max_chars)
+
+
+def validate_catalog(
+    raw: DataFrame,
+    run_date: dt.date | None = None,
+    id_pattern: str = r"[^\s\x00-\x1f\x7f\x{fffd}]+",
+    id_max_length: int = 256,
+    title_max_chars: int = 300,
+    description_max_chars: int = 5000,
+) -> tuple[DataFrame, DataFrame]:
+    """(clean items, quarantined rows). Ids are trimmed first, so ' a' and 'a' are one
+    item. Reasons: unparseable_row, missing_<field>, bad_item_id, bad_price (not a
+    finite number >= 0), duplicate_item_id (the first row per trimmed id by file order
+    is kept). Text is cleaned (NUL removed, capped); a created_at after the run date is
+    unknown, not 'newest forever': it becomes null and `created_at_repaired` is true."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    df = raw.withColumn("price_p", F.col("price").try_cast("double"))
+    df = raw.withColumn("_item", F.trim("item_id"))
+    df = df.withColumn("price_p", F.col("price").try_cast("double"))
     reason = F.when(F.col("_corrupt").isNotNull(), F.lit("unparseable_row"))
     for c in CATALOG_REQUIRED:
         reason = reason.when(_blank(F.col(c)), F.lit(f"missing_{c}"))
-    reason = reason.when(F.col("price").isNotNull() & F.col("price_p").isNull(), F.lit("bad_price"))
+    reason = reason.when(bad_id(F.col("_item"), id_pattern, id_max_length), F.lit("bad_item_id"))
+    bad_price = F.col("price_p").isNull() | ~_finite(F.col("price_p")) | (F.col("price_p") < 0)
+    reason = reason.when(F.col("price").isNotNull() & bad_price, F.lit("bad_price"))
     df = df.withColumn("reason", reason)
-    w = Window.partitionBy("item_id").orderBy(F.col("reason").isNotNull(), "source_file", "title")
+    w = Window.partitionBy("_item").orderBy(F.col("reason").isNotNull(), "source_file", "title")
     df = df.withColumn(
         "reason",
         F.when(F.col("reason").isNull() & (F.row_number().over(w) > 1), F.lit("duplicate_item_id")).otherwise(
@@ -169,16 +217,19 @@ def validate_catalog(raw: DataFrame) -> tuple[DataFrame, DataFrame]:
         ),
     )
     avail = F.lower(F.trim("available"))
+    created = parse_ts(F.col("created_at"))
+    future = created >= _ts_lit(run_date) if run_date else F.lit(False)
     clean = df.where(F.col("reason").isNull()).select(
-        F.trim("item_id").alias("item_id"),
-        F.trim("title").alias("title"),
-        F.coalesce(F.trim("category"), F.lit("")).alias("category"),
-        F.coalesce(F.trim("brand"), F.lit("")).alias("brand"),
-        F.coalesce(F.col("description"), F.lit("")).alias("description"),
+        F.col("_item").alias("item_id"),
+        _clean_text(F.col("title"), title_max_chars).alias("title"),
+        F.coalesce(_clean_text(F.col("category"), 500), F.lit("")).alias("category"),
+        F.coalesce(_clean_text(F.col("brand"), 200), F.lit("")).alias("brand"),
+        F.coalesce(_clean_text(F.col("description"), description_max_chars), F.lit("")).alias("description"),
         F.col("price_p").alias("price"),
         # Missing or unrecognised availability means available (the contract default).
         (~avail.isin("false", "0", "no", "f")).alias("available"),
-        parse_ts(F.col("created_at")).alias("created_at"),
+        F.when(F.coalesce(future, F.lit(False)), F.lit(None)).otherwise(created).cast("timestamp").alias("created_at"),
+        F.coalesce(future, F.lit(False)).alias("created_at_repaired"),
     )
     clean = clean.withColumn("available", F.coalesce(F.col("available"), F.lit(True)))
     quarantine = df.where(F.col("reason").isNotNull()).select(
@@ -334,6 +385,21 @@ def cut_last_steps(inter: DataFrame, n: int) -> tuple[DataFrame, DataFrame]:
     return before, after
 
 
+def require_rows(raw: DataFrame, last: Partition, min_rows: int) -> None:
+    """Freshness: yesterday's partition must hold min_rows raw rows; a folder with only
+    _SUCCESS or empty files is an export that has not landed (issue 8, item 9)."""
+    from pyspark.sql import functions as F
+
+    if min_rows <= 0:
+        return
+    n = raw.where(F.col("dt") == last.date.isoformat()).limit(min_rows).count()
+    if n < min_rows:
+        raise InputError(
+            f"event partition dt={last.date} holds {n} rows, fewer than events.min_rows_last_partition="
+            f"{min_rows} ({last.path}); the upstream export has not landed whole"
+        )
+
+
 def _write(df: DataFrame, path: str, files: int = 1) -> None:
     df.coalesce(files).write.mode("overwrite").parquet(path)
 
@@ -346,26 +412,29 @@ def run_validate(cfg: Config, rd: RunDir) -> dict[str, object]:
     run_date = rd.date
     spark = get_spark(cfg.spark, app_name=f"recsys-validate-{run_date}")
     root = cfg.paths.data_root.rstrip("/")
-    ev_parts = select_event_partitions(list_partitions(spark, f"{root}/events"), run_date, cfg.events.lookback_days)
-    cat_part = select_catalog_partition(list_partitions(spark, f"{root}/catalog"), run_date)
+    ev = cfg.events
+    ev_parts = select_event_partitions(list_partitions(spark, f"{root}/events"), run_date, ev.lookback_days)
+    cat_part = select_catalog_partition(list_partitions(spark, f"{root}/catalog"), run_date, ev.catalog_max_age_days)
     log.info(
         "validate: %d event partitions %s..%s, catalog dt=%s",
         len(ev_parts), ev_parts[0].date, ev_parts[-1].date, cat_part.date,
     )  # fmt: skip
-    cat_clean, cat_q = validate_catalog(read_raw(spark, [cat_part], CATALOG_COLUMNS))
+    cat_clean, cat_q = validate_catalog(
+        read_raw(spark, [cat_part], CATALOG_COLUMNS), run_date, ev.id_pattern, ev.id_max_length,
+        ev.title_max_chars, ev.description_max_chars,
+    )  # fmt: skip
     _write(cat_clean, str(rd.path("validated", "catalog")))
     _write(cat_q, str(rd.path("quarantine", "catalog")))
     cat_clean = spark.read.parquet(str(rd.path("validated", "catalog")))
     n_items = cat_clean.count()
     if n_items == 0:
         raise InputError(f"catalog partition {cat_part.path} holds no valid item")
+    raw_events = read_raw(spark, ev_parts, EVENT_COLUMNS)
+    require_rows(raw_events, ev_parts[-1], ev.min_rows_last_partition)
     clean, quarantine = validate_events(
-        read_raw(spark, ev_parts, EVENT_COLUMNS),
-        cat_clean,
-        run_date,
-        sorted(cfg.events.weights),
-        cfg.events.bot_max_events_per_day,
-    )
+        raw_events, cat_clean, run_date, sorted(ev.weights), ev.bot_max_events_per_day,
+        event_window(run_date, ev.lookback_days)[0], ev.id_pattern, ev.id_max_length,
+    )  # fmt: skip
     n_files = max(1, cfg.spark.shuffle_partitions // 2)
     _write(clean, str(rd.path("validated", "events")), n_files)
     _write(quarantine, str(rd.path("quarantine", "events")))
@@ -388,6 +457,7 @@ def run_validate(cfg: Config, rd: RunDir) -> dict[str, object]:
         "reject_rate": round(reject_rate, 6),
         "catalog_items": n_items,
         "catalog_quarantined": reasons(str(rd.path("quarantine", "catalog"))),
+        "catalog_repaired": {"future_created_at": cat_clean.where("created_at_repaired").count()},
     }
     log.info(
         "validate: %d raw events, %d clean, quarantined %s (reject rate %.4f)", total, n_clean, q_counts, reject_rate

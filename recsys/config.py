@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "RECSYS__"
+
+# A run id names a run directory and, in the database, the run's tables
+# (homepage.slates_<yyyymmdd>_<run_id>_v<n>). Lower case, digits and '_' only, at most 32
+# characters: 'Main'/'main' or 'a-b'/'a_b' cannot map to one table, and no name reaches
+# PostgreSQL's 63-byte identifier limit, which would silently truncate it (issue 8, item 5).
+RUN_ID_PATTERN = r"[a-z0-9_]{1,32}"
 
 
 class ConfigError(ValueError):
@@ -65,6 +72,23 @@ class EventsConfig(_Section):
     bot_max_events_per_day: int = Field(default=2000, ge=1)
     # Users with fewer distinct positive items than this get the segment fallback.
     min_history: int = Field(default=1, ge=1)
+    # User and item ids (after trimming surrounding spaces) must match this Java regex and
+    # be at most id_max_length characters, else the row is quarantined (bad_user_id,
+    # bad_item_id). The default refuses whitespace, control characters (NUL included)
+    # and U+FFFD (bytes that were not UTF-8); PostgreSQL's btree index refuses keys over
+    # about 2.7 kB, and one such id used to stop every publish (issue 8, item 4).
+    id_pattern: str = r"[^\s\x00-\x1f\x7f\x{fffd}]+"
+    id_max_length: int = Field(default=256, ge=1, le=2000)
+    # Catalog text is cleaned, not quarantined: NUL removed, then capped at these lengths.
+    title_max_chars: int = Field(default=300, ge=1)
+    description_max_chars: int = Field(default=5000, ge=0)
+    # Freshness: the newest event partition (dt = D-1) must hold at least this many rows
+    # (a folder with only _SUCCESS is an export that has not landed), and the catalog
+    # snapshot may be at most catalog_max_age_days older than D. None turns the age
+    # check off, the default because public data sets ship one catalog snapshot;
+    # config/example.yaml (the production template) sets 2.
+    min_rows_last_partition: int = Field(default=1, ge=0)
+    catalog_max_age_days: int | None = Field(default=None, ge=0)
 
     @field_validator("weights")
     @classmethod
@@ -329,9 +353,17 @@ class EvaluateConfig(_Section):
 class PublishConfig(_Section):
     # None = SQLite file <work_root>/homepage.sqlite; a postgresql:// URL for production.
     database_url: str | None = None
+    # Versions kept per run id for rollback; the live version and the one served before
+    # it (the rollback target) are always kept on top of this.
     keep_versions: int = Field(default=3, ge=1)
     # Publish a backfill for an older date over a newer published homepage.
     force: bool = False
+    # Only runs with this run_id may switch what the site serves; any other run_id (an
+    # experiment) is loaded and kept for preview and rollback, never served by itself.
+    serving_run_id: str = Field(default="main", pattern=f"^{RUN_ID_PATTERN}$")
+    # How long retention's DROP may wait for readers' locks before it is deferred to the
+    # next night: readers queue behind a waiting DROP, so this bounds their extra wait.
+    lock_timeout_ms: int = Field(default=50, ge=1, le=5000)
     # The run table must hold at least this fraction of the previous run's users.
     min_users_ratio_vs_previous: float = Field(default=0.5, ge=0.0, le=1.0)
 
@@ -356,8 +388,11 @@ class Config(_Section):
     @field_validator("run_id")
     @classmethod
     def _run_id_safe(cls, v: str) -> str:
-        if not v or not all(c.isalnum() or c in "-_" for c in v):
-            raise ValueError("run_id may hold letters, digits, '-' and '_' only")
+        if not re.fullmatch(RUN_ID_PATTERN, v):
+            raise ValueError(
+                f"run_id {v!r} must match {RUN_ID_PATTERN} (lower case, digits, '_'; at most 32 characters): "
+                "it names database tables, where 'Main'/'main' or 'a-b'/'a_b' would collide"
+            )
         return v
 
     # ---- derived values -------------------------------------------------------------

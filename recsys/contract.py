@@ -10,6 +10,7 @@ quarantine with a reason instead of dropping it.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,6 +26,9 @@ CATALOG_COLUMNS = [
 CATALOG_REQUIRED = ["item_id", "title"]
 FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 _DT_RE = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
+
+
+log = logging.getLogger(__name__)
 
 
 class InputError(RuntimeError):
@@ -100,11 +104,77 @@ def select_event_partitions(parts: list[Partition], run_date: dt.date, lookback_
     return chosen
 
 
-def select_catalog_partition(parts: list[Partition], run_date: dt.date) -> Partition:
+def select_catalog_partition(parts: list[Partition], run_date: dt.date, max_age_days: int | None = None) -> Partition:
     chosen = [p for p in parts if p.date <= run_date]
     if not chosen:
         raise InputError(f"no catalog partition with dt <= {run_date}")
-    return chosen[-1]
+    newest = chosen[-1]
+    if max_age_days is not None and (run_date - newest.date).days > max_age_days:
+        raise InputError(
+            f"the newest catalog snapshot is dt={newest.date}, {(run_date - newest.date).days} days before "
+            f"{run_date} (events.catalog_max_age_days={max_age_days}); the catalog export has not landed"
+        )
+    return newest
+
+
+def _csv_header(spark: SparkSession, uri: str) -> list[str] | None:
+    """The header line of a CSV file (None for an empty file), read through the Hadoop
+    FileSystem so s3a:// and hdfs:// work; invalid UTF-8 becomes U+FFFD."""
+    import csv
+
+    fs, path = _hadoop_fs(spark, uri)
+    jvm = spark.sparkContext._jvm
+    stream = fs.open(path)
+    try:
+        line = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8")).readLine()
+    finally:
+        stream.close()
+    if line is None or not line.strip():
+        return None
+    return [c.strip().lstrip("\ufeff") for c in next(csv.reader([line]))]
+
+
+def _read_csv(spark: SparkSession, files: list[str]) -> list[DataFrame]:
+    """CSV files bound by header name, not position (issue 8, item 10): files are
+    grouped by header and each group read with its own all-string schema, so reordered
+    or absent optional columns land in the right field."""
+    from pyspark.sql import types as T
+
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for f in files:
+        header = _csv_header(spark, f)
+        if header is not None:  # an empty file holds no row
+            groups.setdefault(tuple(header), []).append(f)
+    frames = []
+    for header, group in groups.items():
+        schema = T.StructType(
+            [T.StructField(c, T.StringType()) for c in header] + [T.StructField("_corrupt", T.StringType())]
+        )
+        frames.append(
+            spark.read.schema(schema)
+            .option("header", "true")
+            .option("enforceSchema", "true")  # our schema is the header itself
+            .option("mode", "PERMISSIVE")
+            .option("columnNameOfCorruptRecord", "_corrupt")
+            .csv(group)
+        )
+    return frames
+
+
+def _read_parquet(spark: SparkSession, files: list[str]) -> list[DataFrame]:
+    """One read when the files' schemas merge; else file by file (a column that is a
+    timestamp in one file and text in another must not fail the night: every contract
+    column is cast to text afterwards anyway)."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
+    try:
+        df = spark.read.option("mergeSchema", "true").parquet(*files)
+        df.schema  # noqa: B018 - forces the footer merge here
+        return [df]
+    except (PySparkException, Py4JJavaError) as e:
+        log.warning("parquet schemas conflict (%s); reading %d files one by one", str(e).splitlines()[0], len(files))
+        return [spark.read.parquet(f) for f in files]
 
 
 def read_raw(spark: SparkSession, parts: list[Partition], columns: list[str]) -> DataFrame:
@@ -121,34 +191,27 @@ def read_raw(spark: SparkSession, parts: list[Partition], columns: list[str]) ->
     text_schema = T.StructType(
         [T.StructField(c, T.StringType()) for c in columns] + [T.StructField("_corrupt", T.StringType())]
     )
-    frames = []
+    raw_frames: list[DataFrame] = []
     for fmt, files in sorted(by_fmt.items()):
         if fmt == "parquet":
-            df = spark.read.option("mergeSchema", "true").parquet(*files)
-            df = df.withColumn("_corrupt", F.lit(None).cast("string"))
+            raw_frames += [df.withColumn("_corrupt", F.lit(None).cast("string")) for df in _read_parquet(spark, files)]
         elif fmt == "json":
-            df = (
+            raw_frames.append(
                 spark.read.schema(text_schema)
                 .option("mode", "PERMISSIVE")
                 .option("columnNameOfCorruptRecord", "_corrupt")
                 .json(files)
             )
         else:
-            df = (
-                spark.read.schema(text_schema)
-                .option("header", "true")
-                .option("mode", "PERMISSIVE")
-                .option("columnNameOfCorruptRecord", "_corrupt")
-                .csv(files)
-            )
-        cols = []
-        for c in columns:
-            if c in df.columns:
-                # Timestamps are rendered in the session zone (UTC) and parsed back in
-                # validation, so parquet, JSON and CSV take one parsing path.
-                cols.append(F.col(c).cast("string").alias(c))
-            else:
-                cols.append(F.lit(None).cast("string").alias(c))
+            raw_frames += _read_csv(spark, files)
+    if not raw_frames:
+        return spark.createDataFrame([], T.StructType([*text_schema.fields, *(
+            T.StructField(c, T.StringType()) for c in ("dt", "source_file"))]))  # fmt: skip
+    frames = []
+    for df in raw_frames:
+        # Timestamps are rendered in the session zone (UTC) and parsed back in
+        # validation, so parquet, JSON and CSV take one parsing path.
+        cols = [(F.col(c) if c in df.columns else F.lit(None)).cast("string").alias(c) for c in columns]
         frames.append(
             df.select(
                 *cols,

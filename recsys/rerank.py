@@ -268,6 +268,10 @@ def split_pools(df: pd.DataFrame, item_index: pd.Index, order_col: str, by_sourc
     One sort and one vectorised split instead of a pandas group per user."""
     if df.empty:
         return {}
+    finite = np.isfinite(df["score"].to_numpy(np.float64))
+    if not finite.all():  # a page never carries NaN or Infinity (jsonb refuses them)
+        log.warning("rerank: %d candidates with a non-finite score dropped", int((~finite).sum()))
+        df = df[finite]
     keys = ["user_id", "source", order_col] if by_source else ["user_id", order_col]
     df = df.sort_values(keys, kind="stable")
     users = df["user_id"].to_numpy()

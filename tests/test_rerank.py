@@ -37,3 +37,15 @@ def test_leaf():
     assert leaf("Kitchen>Knives") == "Knives"
     assert leaf("Drama") == "Drama"
     assert leaf("") == ""
+
+
+def test_pools_drop_non_finite_scores():
+    """Issue 8, item 4: a NaN or Infinity score would reach a page (jsonb refuses it)."""
+    import pandas as pd
+
+    from recsys.rerank import split_pools
+
+    df = pd.DataFrame({"user_id": ["u"] * 4, "item_id": ["a", "b", "c", "d"], "source": ["s"] * 4,
+                       "score": [1.0, np.nan, np.inf, 0.5], "rank": [1, 2, 3, 4]})  # fmt: skip
+    pools = split_pools(df, pd.Index(["a", "b", "c", "d"]), "rank", by_source=False)
+    assert list(pools["u"].item) == ["a", "d"] and np.isfinite(pools["u"].score).all()

@@ -3,13 +3,24 @@ retention, rollback, lookup.
 
 Every function here takes a SQLAlchemy Connection from its caller and never commits:
 the caller decides the transaction boundaries (see recsys.publish.publish). The
-publish protocol is
-  tx 1  apply_migrations (+ grant_reader)
-  tx 2  begin_run -> load_tables (COPY, primary key, ANALYZE) -> validate_loaded
-  tx 3  switch: lock the runs table, refuse to replace a newer date unless forced,
-        repoint the views, mark statuses (one short transaction)
-  tx 4  apply_retention (drop tables beyond the last N versions)
-A failure or kill before tx 3 commits leaves the previous homepage served untouched.
+publish protocol, and what each step's failure leaves behind:
+  tx 1  apply_migrations. Fails: nothing changed (DDL is transactional).
+  tx 2  begin_run -> load_tables (COPY, primary key, ANALYZE, ATTACH as a partition)
+        -> validate_loaded. Holds only an advisory lock for its (date, run_id), never a
+        lock that readers, rollbacks or other runs wait for. Fails or is killed: the
+        transaction rolls back, no table and no run row survive; the caller records a
+        'failed' row.
+  tx 3  switch: lock the pointer row homepage.live, refuse (message, no error) when the
+        run is not the serving run id, when a rollback happened after the run began, or
+        when a newer date is live and force is off; else UPDATE the pointer and mark
+        statuses. Readers never wait: they read the pointer under MVCC. Fails or is
+        killed: the previous homepage stays served; the run stays 'loaded' (rollback
+        can serve it).
+  tx 4  apply_retention: drop versions beyond the newest N per run id, never the live one
+        or the rollback target; each drop waits at most publish.lock_timeout_ms for
+        readers and is deferred to the next night otherwise. Killed: nothing dropped.
+Roles are the deployment's (grant_reader, run by an administrator through
+`python -m recsys db-setup`), never a nightly publish's.
 """
 
 from __future__ import annotations
@@ -26,8 +37,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
-from recsys import jsonio
+from recsys import faults, jsonio
+from recsys.config import RUN_ID_PATTERN
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 
@@ -122,7 +135,8 @@ def apply_migrations(conn: Connection) -> list[str]:
             continue
         sql = f.read_text()
         if n.pg:
-            conn.exec_driver_sql(sql)
+            # Straight to the driver without parameters, so format('%L') stays literal.
+            conn.connection.driver_connection.cursor().execute(sql)
         else:
             for stmt in _statements(sql):
                 conn.exec_driver_sql(stmt)
@@ -134,12 +148,15 @@ def apply_migrations(conn: Connection) -> list[str]:
     return applied
 
 
-def grant_reader(conn: Connection, role: str) -> None:
-    """The site's read-only role may use only the views and the lookup function."""
+def grant_reader(conn: Connection, role: str, logins: Iterable[str] = ()) -> None:
+    """Deployment step (an administrator's connection): create the site's read-only role
+    if missing, let it use only the views and the lookup function, and grant it to the
+    site's login roles. Never called by a nightly publish (issue 8, item 3)."""
     if not names_for(conn).pg:
         return
-    if not re.fullmatch(r"[a-z_][a-z0-9_]*", role):
-        raise PublishError(f"reader role name {role!r} must be a lower-case SQL identifier")
+    for name in (role, *logins):
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+            raise PublishError(f"role name {name!r} must be a lower-case SQL identifier")
     conn.exec_driver_sql(
         f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') "
         f"THEN CREATE ROLE {role} NOLOGIN; END IF; END $$"
@@ -147,19 +164,48 @@ def grant_reader(conn: Connection, role: str) -> None:
     conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA homepage TO {role}")
     conn.exec_driver_sql(f"GRANT SELECT ON homepage.current, homepage.current_fallback TO {role}")
     conn.exec_driver_sql(f"GRANT EXECUTE ON FUNCTION homepage.get_homepage(text, text) TO {role}")
+    for login in logins:
+        conn.exec_driver_sql(f"GRANT {role} TO {login}")
 
 
-def _safe(s: str) -> str:
-    return re.sub(r"[^a-z0-9_]", "_", s.lower())
+def live(conn: Connection, for_update: bool = False) -> dict[str, Any]:
+    """The pointer row: run_key served, generation, rollback_generation, changed_by."""
+    n = names_for(conn)
+    lock = " FOR UPDATE" if n.pg and for_update else ""
+    row = (
+        conn.execute(text(f"SELECT run_key, generation, rollback_generation, changed_by FROM {n.q('live')}{lock}"))
+        .mappings()
+        .one()
+    )
+    return dict(row)
+
+
+def table_names(logical_date: dt.date, run_id: str, version: int, n: Names) -> tuple[str, str]:
+    """The run's two tables. run_id is validated strictly (RUN_ID_PATTERN: lower case,
+    digits, '_', at most 32 characters), so distinct runs can never map to one name and
+    no name reaches PostgreSQL's 63-byte identifier limit (issue 8, item 5)."""
+    if not re.fullmatch(RUN_ID_PATTERN, run_id):
+        raise PublishError(f"run_id {run_id!r} does not match {RUN_ID_PATTERN}")
+    base = f"{logical_date.strftime('%Y%m%d')}_{run_id}_v{version}"
+    if len(f"fallback_{base}") > 63:
+        raise PublishError(f"table name for {base} exceeds 63 bytes")
+    return n.q(f"slates_{base}"), n.q(f"fallback_{base}")
 
 
 def begin_run(
     conn: Connection, logical_date: dt.date, run_id: str, manifest: dict[str, Any], metrics: dict[str, Any]
 ) -> dict[str, Any]:
-    """Insert a 'loading' run row with fresh table names; returns the row's keys."""
+    """Insert a 'loading' run row with fresh table names; returns the row's keys plus
+    live_generation (the pointer's generation when the run began: the switch refuses
+    if a rollback came after it)."""
     n = names_for(conn)
     if n.pg:
-        conn.exec_driver_sql("LOCK TABLE homepage.runs IN SHARE ROW EXCLUSIVE MODE")
+        # Two publishes of one (date, run_id) take versions one after the other; nothing
+        # else (readers, rollbacks, other runs) waits for this lock.
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
+            {"k": f"homepage.run/{logical_date.isoformat()}/{run_id}"},
+        )
     version = (
         conn.execute(
             text(f"SELECT COALESCE(MAX(version), 0) FROM {n.runs} WHERE logical_date = :d AND run_id = :r"),
@@ -167,20 +213,22 @@ def begin_run(
         ).scalar_one()
         + 1
     )
-    base = f"{logical_date.strftime('%Y%m%d')}_{_safe(run_id)}_v{version}"
+    slates_table, fallback_table = table_names(logical_date, run_id, version, n)
+    if n.pg and conn.execute(text("SELECT to_regclass(:t)"), {"t": slates_table}).scalar_one() is not None:
+        raise PublishError(f"{slates_table} already exists but no run row names it; drop it by hand")
     row = {
         "run_key": f"{logical_date.isoformat()}/{run_id}/v{version}",
         "logical_date": logical_date.isoformat(),
         "run_id": run_id,
         "version": version,
-        "slates_table": n.q(f"slates_{base}"),
-        "fallback_table": n.q(f"fallback_{base}"),
+        "slates_table": slates_table,
+        "fallback_table": fallback_table,
         "status": "loading",
         "metrics": jsonio.dumps(metrics),
         "manifest": jsonio.dumps(manifest),
     }
     _insert_run(conn, row)
-    return row
+    return {**row, "live_generation": live(conn)["generation"]}
 
 
 def _insert_run(conn: Connection, row: dict[str, Any]) -> None:
@@ -192,7 +240,7 @@ def _insert_run(conn: Connection, row: dict[str, Any]) -> None:
             "status, metrics, manifest, message) VALUES (:run_key, :logical_date, :run_id, :version, "
             f":slates_table, :fallback_table, :status, {js.format('metrics')}, {js.format('manifest')}, :message)"
         ),
-        {"message": None, **row},
+        {"message": None, **{k: v for k, v in row.items() if k != "live_generation"}},
     )
 
 
@@ -216,10 +264,12 @@ def _copy_rows(conn: Connection, table: str, cols: tuple[str, str], rows: Iterab
             if buf.tell() > 8 << 20:  # stream in ~8 MB chunks
                 buf.seek(0)
                 cur.copy_expert(f"COPY {table} ({cols[0]}, {cols[1]}) FROM STDIN WITH (FORMAT csv)", buf)
+                faults.checkpoint("publish.copy")
                 buf = io.StringIO()
                 w = csv.writer(buf)
         buf.seek(0)
         cur.copy_expert(f"COPY {table} ({cols[0]}, {cols[1]}) FROM STDIN WITH (FORMAT csv)", buf)
+        faults.checkpoint("publish.copy")
         return count
     batch: list[dict[str, str]] = []
     stmt = text(f"INSERT INTO {table} ({cols[0]}, {cols[1]}) VALUES (:a, :b)")
@@ -238,12 +288,19 @@ def load_tables(
     conn: Connection, run: dict[str, Any], slates: Iterable[tuple[str, str]], fallbacks: Iterable[tuple[str, str]]
 ) -> dict[str, int]:
     """Create the run's two tables, bulk-load them, then build keys and statistics
-    (after the load: building a primary key once is faster than maintaining it)."""
+    (after the load: building a primary key once is faster than maintaining it). On
+    PostgreSQL each table then becomes a partition of homepage.slates / .fallback: its
+    run_key column is a constant default plus a CHECK, so ATTACH needs no scan."""
     n = names_for(conn)
-    js = "jsonb" if n.pg else "TEXT"
     st, ft = run["slates_table"], run["fallback_table"]
-    conn.exec_driver_sql(f"CREATE TABLE {st} (user_id text NOT NULL, sections {js} NOT NULL)")
-    conn.exec_driver_sql(f"CREATE TABLE {ft} (segment text NOT NULL, sections {js} NOT NULL)")
+    if n.pg:
+        key = run["run_key"].replace("'", "''")
+        extra = f", run_key text NOT NULL DEFAULT '{key}' CHECK (run_key = '{key}')"
+        conn.exec_driver_sql(f"CREATE TABLE {st} (user_id text NOT NULL, sections jsonb NOT NULL{extra})")
+        conn.exec_driver_sql(f"CREATE TABLE {ft} (segment text NOT NULL, sections jsonb NOT NULL{extra})")
+    else:
+        conn.exec_driver_sql(f"CREATE TABLE {st} (user_id TEXT NOT NULL, sections TEXT NOT NULL)")
+        conn.exec_driver_sql(f"CREATE TABLE {ft} (segment TEXT NOT NULL, sections TEXT NOT NULL)")
     users = _copy_rows(conn, st, ("user_id", "sections"), slates)
     segs = _copy_rows(conn, ft, ("segment", "sections"), fallbacks)
     if n.pg:
@@ -251,6 +308,8 @@ def load_tables(
         conn.exec_driver_sql(f"ALTER TABLE {ft} ADD PRIMARY KEY (segment)")
         conn.exec_driver_sql(f"ANALYZE {st}")
         conn.exec_driver_sql(f"ANALYZE {ft}")
+        conn.exec_driver_sql(f"ALTER TABLE homepage.slates ATTACH PARTITION {st} FOR VALUES IN ('{key}')")
+        conn.exec_driver_sql(f"ALTER TABLE homepage.fallback ATTACH PARTITION {ft} FOR VALUES IN ('{key}')")
     else:
         conn.exec_driver_sql(f"CREATE UNIQUE INDEX {st}_pk ON {st} (user_id)")
         conn.exec_driver_sql(f"CREATE UNIQUE INDEX {ft}_pk ON {ft} (segment)")
@@ -297,63 +356,79 @@ def validate_loaded(conn: Connection, run: dict[str, Any], expected: dict[str, i
     )
 
 
-def _point_views(conn: Connection, run_key: str, slates_table: str, fallback_table: str) -> None:
+def _point(conn: Connection, run: dict[str, Any], by: str) -> None:
+    """Serve run: on PostgreSQL one UPDATE of the pointer row (the views follow it); on
+    SQLite the views are repointed too (SQLite has one writer and no partitions)."""
     n = names_for(conn)
-    key = run_key.replace("'", "''")
-    if n.pg:
-        conn.exec_driver_sql(
-            f"CREATE OR REPLACE VIEW {n.current} AS SELECT user_id, sections, '{key}'::text AS run_key FROM {slates_table}"
-        )
-        conn.exec_driver_sql(
-            f"CREATE OR REPLACE VIEW {n.current_fallback} AS "
-            f"SELECT segment, sections, '{key}'::text AS run_key FROM {fallback_table}"
-        )
-    else:
-        conn.exec_driver_sql(f"DROP VIEW IF EXISTS {n.current}")
-        conn.exec_driver_sql(
-            f"CREATE VIEW {n.current} AS SELECT user_id, sections, '{key}' AS run_key FROM {slates_table}"
-        )
-        conn.exec_driver_sql(f"DROP VIEW IF EXISTS {n.current_fallback}")
-        conn.exec_driver_sql(
-            f"CREATE VIEW {n.current_fallback} AS SELECT segment, sections, '{key}' AS run_key FROM {fallback_table}"
-        )
+    if not n.pg:
+        key = run["run_key"].replace("'", "''")
+        for view, table, col in ((n.current, run["slates_table"], "user_id"),
+                                 (n.current_fallback, run["fallback_table"], "segment")):  # fmt: skip
+            conn.exec_driver_sql(f"DROP VIEW IF EXISTS {view}")
+            conn.exec_driver_sql(f"CREATE VIEW {view} AS SELECT {col}, sections, '{key}' AS run_key FROM {table}")
+    rollback_gen = "generation + 1" if by == "rollback" else "rollback_generation"
+    conn.execute(
+        text(
+            f"UPDATE {n.q('live')} SET run_key = :k, generation = generation + 1, "
+            f"rollback_generation = {rollback_gen}, changed_by = :by, changed_at = :t"
+        ),
+        {"k": run["run_key"], "by": by, "t": _now()},
+    )
 
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat()
 
 
-def switch(conn: Connection, run: dict[str, Any], force: bool = False) -> tuple[bool, str]:
-    """Make run the served homepage, unless a newer logical date is live (backfill
-    guard) and force is off. Returns (switched, message)."""
+def _refuse(conn: Connection, run: dict[str, Any], msg: str) -> tuple[bool, str]:
     n = names_for(conn)
-    if n.pg:
-        conn.exec_driver_sql("LOCK TABLE homepage.runs IN SHARE ROW EXCLUSIVE MODE")
-    live = current_published(conn)
-    if live and str(live["logical_date"]) > run["logical_date"] and not force:
-        msg = (
-            f"not switched: the live homepage is for {live['logical_date']} ({live['run_key']}), newer than "
-            f"{run['logical_date']}; the tables are kept for rollback (set publish.force to replace it)"
-        )
-        conn.execute(text(f"UPDATE {n.runs} SET message = :m WHERE run_key = :k"), {"m": msg, "k": run["run_key"]})
-        return False, msg
-    _point_views(conn, run["run_key"], run["slates_table"], run["fallback_table"])
+    conn.execute(text(f"UPDATE {n.runs} SET message = :m WHERE run_key = :k"), {"m": msg, "k": run["run_key"]})
+    return False, msg
+
+
+def switch(
+    conn: Connection, run: dict[str, Any], force: bool = False, serving_run_id: str = "main"
+) -> tuple[bool, str]:
+    """Make run the served homepage. Refused, with the reason recorded on the run row:
+    a run_id other than the serving one (an experiment: loaded for preview and rollback
+    only), a rollback after this run began (the operator's rollback wins), or a newer
+    logical date live (backfill guard) unless force. Returns (switched, message)."""
+    n = names_for(conn)
+    lv = live(conn, for_update=True)  # serialises switches and rollbacks; readers never wait
+    if run["run_id"] != serving_run_id:
+        return _refuse(conn, run, f"loaded, not switched: run_id {run['run_id']!r} is not the serving run id "
+                                  f"{serving_run_id!r} (publish.serving_run_id); preview or roll back to it")  # fmt: skip
+    if lv["rollback_generation"] > run.get("live_generation", lv["generation"]):
+        return _refuse(conn, run, f"not switched: the homepage was rolled back to {lv['run_key']} after this run "
+                                  "began; the rollback wins (roll back to this run to serve it)")  # fmt: skip
+    current = current_published(conn)
+    if current and str(current["logical_date"]) > run["logical_date"] and not force:
+        return _refuse(conn, run, f"not switched: the live homepage is for {current['logical_date']} "
+                                  f"({current['run_key']}), newer than {run['logical_date']}; the tables are kept for "
+                                  "rollback (set publish.force to replace it)")  # fmt: skip
+    _point(conn, run, "publish")
     conn.execute(text(f"UPDATE {n.runs} SET status = 'superseded' WHERE status = 'published'"))
     conn.execute(
         text(f"UPDATE {n.runs} SET status = 'published', published_at = :t, message = :m WHERE run_key = :k"),
-        {"t": _now(), "m": "published" + (" (forced)" if force and live else ""), "k": run["run_key"]},
+        {"t": _now(), "m": "published" + (" (forced)" if force and current else ""), "k": run["run_key"]},
     )
     return True, f"published {run['run_key']}"
 
 
-def apply_retention(conn: Connection, keep: int) -> list[str]:
-    """Drop the tables of versions beyond the newest `keep` loaded ones; never the live
-    one. Failed loads never created tables that survive (their transaction rolled back)."""
+def _is_lock_timeout(e: OperationalError) -> bool:
+    return getattr(e.orig, "pgcode", None) == "55P03"
+
+
+def apply_retention(conn: Connection, keep: int, lock_timeout_ms: int = 50) -> tuple[list[str], list[str]]:
+    """Drop the tables of versions beyond the newest `keep` of each run id; never the
+    live one nor the rollback target (the version served before it), whatever keep is.
+    A drop waits at most lock_timeout_ms for readers (a reader idle in a transaction
+    holds its lock); it is then deferred to the next night. Returns (dropped, deferred)."""
     n = names_for(conn)
     rows = (
         conn.execute(
             text(
-                f"SELECT run_key, status, slates_table, fallback_table FROM {n.runs} "
+                f"SELECT run_key, run_id, status, slates_table, fallback_table FROM {n.runs} "
                 "WHERE status IN ('published', 'superseded', 'loaded') "
                 "ORDER BY logical_date DESC, version DESC"
             )
@@ -361,31 +436,52 @@ def apply_retention(conn: Connection, keep: int) -> list[str]:
         .mappings()
         .all()
     )
-    kept, dropped = 0, []
+    protected = {r["run_key"] for r in rows if r["status"] == "published"} | _rollback_target(conn)
+    if n.pg:
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(lock_timeout_ms)}ms'")
+    kept: dict[str, int] = {}
+    dropped, deferred = [], []
     for r in rows:
-        if r["status"] == "published" or kept < keep:
-            kept += 1
+        kept[r["run_id"]] = kept.get(r["run_id"], 0) + 1
+        if r["run_key"] in protected or kept[r["run_id"]] <= keep:
             continue
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {r['slates_table']}")
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {r['fallback_table']}")
-        conn.execute(text(f"UPDATE {n.runs} SET status = 'dropped' WHERE run_key = :k"), {"k": r["run_key"]})
+        try:
+            with conn.begin_nested():
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {r['slates_table']}")
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {r['fallback_table']}")
+                conn.execute(text(f"UPDATE {n.runs} SET status = 'dropped' WHERE run_key = :k"), {"k": r["run_key"]})
+        except OperationalError as e:
+            if not _is_lock_timeout(e):
+                raise
+            deferred.append(r["run_key"])
+            continue
         dropped.append(r["run_key"])
-    return dropped
+        faults.checkpoint("publish.retention")
+    return dropped, deferred
+
+
+def _rollback_target(conn: Connection) -> set[str]:
+    n = names_for(conn)
+    row = conn.execute(
+        text(
+            f"SELECT run_key FROM {n.runs} WHERE status = 'superseded' AND published_at IS NOT NULL "
+            "ORDER BY published_at DESC, run_key DESC LIMIT 1"
+        )
+    ).first()
+    return {row[0]} if row else set()
 
 
 def rollback(conn: Connection, run_key: str) -> str:
-    """Serve a kept earlier version again (instant: a view switch, no reload)."""
+    """Serve a kept earlier version again (instant: a pointer update, no reload). It
+    never waits for a publish in flight, and that publish's switch will then refuse."""
     n = names_for(conn)
-    if n.pg:
-        conn.exec_driver_sql("LOCK TABLE homepage.runs IN SHARE ROW EXCLUSIVE MODE")
+    live(conn, for_update=True)
     row = conn.execute(text(f"SELECT * FROM {n.runs} WHERE run_key = :k"), {"k": run_key}).mappings().first()
     if row is None:
         raise PublishError(f"no run {run_key!r} in {n.runs}")
     if row["status"] not in ("superseded", "loaded", "published"):
         raise PublishError(f"run {run_key} has status {row['status']}: its tables are gone or never loaded")
-    run = dict(row)
-    run["logical_date"] = str(run["logical_date"])
-    _point_views(conn, run_key, run["slates_table"], run["fallback_table"])
+    _point(conn, dict(row), "rollback")
     conn.execute(text(f"UPDATE {n.runs} SET status = 'superseded' WHERE status = 'published'"))
     conn.execute(
         text(

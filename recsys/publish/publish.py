@@ -10,13 +10,12 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from recsys import faults
 from recsys.config import Config
 from recsys.publish import db
 from recsys.rundir import RunDir
 
 log = logging.getLogger(__name__)
-
-READER_ROLE = "homepage_reader"
 
 
 def _rows(path, key: str) -> Iterator[tuple[str, str]]:  # type: ignore[no-untyped-def]
@@ -26,7 +25,7 @@ def _rows(path, key: str) -> Iterator[tuple[str, str]]:  # type: ignore[no-untyp
         yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True)
 
 
-def run_publish(cfg: Config, rd: RunDir, reader_role: str = READER_ROLE) -> dict[str, Any]:
+def run_publish(cfg: Config, rd: RunDir) -> dict[str, Any]:
     t0 = time.time()
     metrics_path = rd.require("metrics.json")
     metrics = json.loads(metrics_path.read_text())
@@ -45,7 +44,6 @@ def run_publish(cfg: Config, rd: RunDir, reader_role: str = READER_ROLE) -> dict
     try:
         with engine.begin() as conn:
             applied = db.apply_migrations(conn)
-            db.grant_reader(conn, reader_role)
         run: dict[str, Any] | None = None
         try:
             with engine.begin() as conn:
@@ -63,10 +61,13 @@ def run_publish(cfg: Config, rd: RunDir, reader_role: str = READER_ROLE) -> dict
                     db.record_failed(conn, run, f"{type(e).__name__}: {e}")
             raise
         t_load = time.time() - t0
+        faults.checkpoint("publish.before_switch")
         with engine.begin() as conn:
-            switched, message = db.switch(conn, run, force=cfg.publish.force)
+            switched, message = db.switch(conn, run, cfg.publish.force, cfg.publish.serving_run_id)
         with engine.begin() as conn:
-            dropped = db.apply_retention(conn, cfg.publish.keep_versions)
+            dropped, deferred = db.apply_retention(conn, cfg.publish.keep_versions, cfg.publish.lock_timeout_ms)
+        if deferred:
+            log.warning("publish: readers held locks on %s; their drop is deferred to the next night", deferred)
     finally:
         engine.dispose()
     info = {
@@ -79,6 +80,7 @@ def run_publish(cfg: Config, rd: RunDir, reader_role: str = READER_ROLE) -> dict
         "message": message,
         "migrations_applied": applied,
         "dropped_versions": dropped,
+        "deferred_drops": deferred,
         "rows_per_s": round(expected["users"] / max(t_load, 1e-9), 1),
         "seconds": round(time.time() - t0, 1),
     }
