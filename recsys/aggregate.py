@@ -138,7 +138,7 @@ def validate_events(
         .when(
             F.lit(window_start is not None) & (F.col("ts_p") < _ts_lit(window_start or run_date)),
             F.lit("outside_window"),
-        )  # fmt: skip
+        )
         .when(F.col("value").isNotNull() & (F.col("value_p").isNull() | ~_finite(F.col("value_p"))), F.lit("bad_value"))
         .when(F.col("_cat_item").isNull(), F.lit("unknown_item"))
     )
