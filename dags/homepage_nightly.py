@@ -7,8 +7,10 @@ inside the task), no connection is opened.
 Backfill: trigger the DAG for past logical dates from the UI (or `airflow dags
 backfill`). A run for date D reads events before D; publishing an older date never
 replaces a newer live homepage unless the `force_publish` param is set.
-Params: `config_path` (YAML), `overrides` ({"section": {"key": value}}), `date`
-(YYYY-MM-DD, overrides the logical date), `force_publish`.
+Params: `overrides` ({"section": {"key": value}}; only the keys in
+recsys.config.TRIGGER_ALLOWED: tuning and run_id), `date` (YYYY-MM-DD, overrides the
+logical date), `force_publish`. The config file (RECSYS_CONFIG), paths, Spark options,
+the database and the gate come from the deployment, never from whoever triggers a run.
 GPU: set RECSYS_GPU_QUEUE / RECSYS_GPU_POOL in the scheduler's environment to send
 train and embed to GPU workers.
 """
@@ -32,15 +34,15 @@ GPU_POOL = os.environ.get("RECSYS_GPU_POOL")
 
 def _run(stage: str) -> dict:
     """Resolve config + date from the DAG run, then run one stage."""
-    from recsys.config import load_config, parse_date
+    from recsys.config import check_trigger_overrides, load_config, parse_date
     from recsys.pipeline import run_stage
 
     ctx = get_current_context()
     params = ctx["params"]
-    overrides = dict(params.get("overrides") or {})
+    overrides = check_trigger_overrides(dict(params.get("overrides") or {}))
     if params.get("force_publish"):
         overrides.setdefault("publish", {})["force"] = True
-    cfg = load_config(params.get("config_path") or None, overrides)
+    cfg = load_config(None, overrides)
     # Manual runs in Airflow 3 may have no logical date: fall back to run_after.
     when = params.get("date") or ctx.get("logical_date") or ctx["dag_run"].run_after
     info = run_stage(stage, cfg, parse_date(str(when)[:10] if isinstance(when, str) else when))
@@ -63,7 +65,6 @@ with DAG(
         "execution_timeout": timedelta(hours=1),
     },
     params={
-        "config_path": Param(None, type=["null", "string"], description="YAML config file"),
         "overrides": Param({}, type="object", description='config overrides, e.g. {"train": {"time_budget_s": 600}}'),
         "date": Param(None, type=["null", "string"], description="YYYY-MM-DD; default: the logical date"),
         "force_publish": Param(False, type="boolean", description="replace a newer live homepage"),

@@ -314,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     from recsys.device import DeviceError
     from recsys.evaluation.evaluate import GateFailed
     from recsys.publish.db import PublishError
+    from recsys.rundir import RunLockedError
 
     try:
         return int(args.func(args) or 0)
@@ -323,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     except PublishError as e:
         log.error("publish: %s", e)
         return EXIT_PUBLISH
-    except (ConfigError, InputError, RejectRateError, DeviceError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, InputError, RejectRateError, DeviceError, FileNotFoundError, ValueError,
+            RunLockedError) as e:  # fmt: skip
         log.error("%s", e)
         return EXIT_INPUT
     except Exception as e:

@@ -426,8 +426,31 @@ class Config(_Section):
     def resolved_run_id(self) -> str:
         return self.run_id
 
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+    def to_dict(self, redact: bool = True) -> dict[str, Any]:
+        """The config as plain data. Redacted by default (what manifests, the database
+        and `recsys config` show): secrets are never written anywhere (issue 8, item 12)."""
+        d = self.model_dump(mode="json")
+        if redact:
+            if d["publish"]["database_url"]:
+                d["publish"]["database_url"] = redact_url(d["publish"]["database_url"])
+            d["spark"]["conf"] = {k: REDACTED if _SECRET_KEY.search(k) else v for k, v in d["spark"]["conf"].items()}
+        return d
+
+
+REDACTED = "***"
+# spark.conf keys whose values are credentials (s3a secret keys, tokens, passwords).
+_SECRET_KEY = re.compile(r"pass|secret|token|credential|access\.key|key\.id|auth", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """scheme://user:password@host/db -> scheme://user:***@host/db; other URLs unchanged."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:{REDACTED}@{host}"))
 
 
 # ---- loading ---------------------------------------------------------------------------
@@ -473,6 +496,40 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
             dotted = key[len(ENV_PREFIX) :].lower().replace("__", ".")
             _set_dotted(out, dotted, _parse_scalar(val))
     return out
+
+
+# What whoever can trigger a DAG run may change (issue 8, item 13): tuning and the run id
+# only. Paths, Spark options (JVM flags and jars run code on workers), the database,
+# model paths (loading weights runs code), the gate and input safety thresholds come from
+# the deployment's config file and environment, never from a trigger.
+TRIGGER_ALLOWED = (
+    "run_id",
+    "events.exclude_policy", "events.lookback_days", "events.min_history",
+    "model.dim", "model.max_seq_len", "model.max_history", "model.user_layers", "model.user_heads", "model.dropout",
+    "train.*", "retrieve.*", "rank.*", "rerank.*",
+    "evaluate.holdout_days", "evaluate.protocol", "evaluate.leave_last_n", "evaluate.k",
+)  # fmt: skip
+
+
+def _dotted_keys(d: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out += _dotted_keys(v, key + ".") if isinstance(v, dict) and "." not in key else [key]
+    return out
+
+
+def check_trigger_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Refuse (ConfigError) any key outside TRIGGER_ALLOWED; returns overrides unchanged."""
+    import fnmatch
+
+    refused = [k for k in _dotted_keys(overrides) if not any(fnmatch.fnmatchcase(k, a) for a in TRIGGER_ALLOWED)]
+    if refused:
+        raise ConfigError(
+            f"a DAG trigger may not set {', '.join(sorted(refused))}: set them in the deployment's config file "
+            f"(RECSYS_CONFIG) or environment; a trigger may set {', '.join(TRIGGER_ALLOWED)}"
+        )
+    return overrides
 
 
 def parse_set_overrides(items: list[str] | None) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import logging
-import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -58,10 +57,16 @@ def run_stage(stage: str, cfg: Config, run_date: dt.date) -> dict[str, Any]:
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
     rd = RunDir(cfg, run_date)
-    if stage == "validate" and rd.root.exists():
-        # Re-running a date from the start replaces its outputs: no stale file from an
-        # earlier attempt (e.g. features/train after holdout_days became 0) survives.
-        shutil.rmtree(rd.root)
+    with rd.lock():
+        return _run_locked(stage, cfg, rd)
+
+
+def _run_locked(stage: str, cfg: Config, rd: RunDir) -> dict[str, Any]:
+    run_date = rd.date
+    if stage == "validate":
+        # A run from the start gets an empty directory (no stale file from an earlier
+        # attempt survives), built beside the last complete run until it succeeds.
+        rd.begin_fresh()
     rd.init_manifest()
     log.info("stage %s: start (date=%s run=%s dir=%s)", stage, run_date, rd.run_id, rd.root)
     t0 = time.time()
@@ -79,6 +84,8 @@ def run_stage(stage: str, cfg: Config, run_date: dt.date) -> dict[str, Any]:
             "config_fingerprint": cfg.fingerprint()}  # fmt: skip
     rd.record_stage(stage, info)
     log.info("stage %s: done in %.1fs", stage, info["seconds"])
+    if stage == STAGES[-1]:
+        rd.promote()
     return info
 
 
@@ -92,7 +99,10 @@ def run_pipeline(
         raise ValueError(f"--from {start} comes after --to {stop}")
     results = {}
     t0 = time.time()
-    for name in names[a:b]:
-        results[name] = run_stage(name, cfg, run_date)
+    rd = RunDir(cfg, run_date)
+    with rd.lock():  # held across the stages: no other writer between two of them
+        for name in names[a:b]:
+            results[name] = run_stage(name, cfg, run_date)
+        RunDir(cfg, run_date).promote()  # the requested range succeeded
     log.info("pipeline: %s done in %.1fs (%s)", run_date, time.time() - t0, " ".join(names[a:b]))
     return results

@@ -3,16 +3,30 @@
 Stages communicate only through this directory (and the database), so any stage can be
 re-run alone for a date. The manifest records, per stage, its counts, timings and
 outputs; it is rewritten atomically (temp file + rename) after each stage.
+
+Re-running a date from validate never touches the last complete run until the new one
+has succeeded (issue 8, item 15): the new run is built beside it in
+runs/<date>/.<run_id>.next/ (every stage uses that directory while it exists) and
+`promote` swaps it in after the last stage. A failed re-run leaves the old run (metrics,
+report, slates) in place and the attempt in .next/ for inspection. One process at a time
+writes a run: `lock` takes runs/<date>/.<run_id>.lock (item 8).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
+import hashlib
 import json
+import logging
+import os
 import platform
+import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from recsys import jsonio
 from recsys.config import Config
@@ -35,12 +49,101 @@ def code_version() -> str:
     return "unknown"
 
 
+log = logging.getLogger(__name__)
+
+
+class RunLockedError(RuntimeError):
+    """Another process is writing this run directory."""
+
+
+# Locks held by this process: path -> (open lock file, depth). flock is per open file, so
+# a second flock from the same process would deadlock on itself; nesting is counted here.
+_HELD: dict[str, tuple[TextIO, int]] = {}
+
+
 class RunDir:
     def __init__(self, cfg: Config, run_date: dt.date) -> None:
         self.cfg = cfg
         self.date = run_date
         self.run_id = cfg.resolved_run_id()
-        self.root = Path(cfg.paths.work_root) / "runs" / run_date.isoformat() / self.run_id
+        self.parent = Path(cfg.paths.work_root) / "runs" / run_date.isoformat()
+        self.final = self.parent / self.run_id
+        self.staging = self.parent / f".{self.run_id}.next"
+        self.root = self.staging if self.staging.exists() else self.final
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive, non-blocking: a second writer fails at once with a clear error
+        instead of deleting or mixing the first one's files."""
+        path = str(self.parent / f".{self.run_id}.lock")
+        if path in _HELD:
+            f, depth = _HELD[path]
+            _HELD[path] = (f, depth + 1)
+        else:
+            self.parent.mkdir(parents=True, exist_ok=True)
+            f = open(path, "a+")  # noqa: SIM115 - held across the with block
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                f.close()
+                raise RunLockedError(
+                    f"run {self.date}/{self.run_id} is being written by another process ({holder}); "
+                    f"wait for it or stop it (lock file {path})"
+                ) from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {platform.node()}")
+            f.flush()
+            _HELD[path] = (f, 1)
+        try:
+            yield
+        finally:
+            f, depth = _HELD[path]
+            if depth > 1:
+                _HELD[path] = (f, depth - 1)
+            else:
+                del _HELD[path]
+                f.close()  # releases the flock
+
+    def begin_fresh(self) -> None:
+        """A run from the first stage: a new, empty directory. Beside the last complete
+        run when there is one (it is replaced only by `promote`), else in place."""
+        if self.staging.exists():
+            shutil.rmtree(self.staging)  # an earlier failed re-run
+        if self.final.exists():
+            self.root = self.staging
+            log.info("run %s/%s exists: building the re-run beside it in %s", self.date, self.run_id, self.staging)
+        else:
+            self.root = self.final
+        self.root.mkdir(parents=True)
+
+    def promote(self) -> None:
+        """The re-run succeeded: it replaces the previous run directory."""
+        if self.root != self.staging:
+            return
+        old = self.parent / f".{self.run_id}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        self.final.rename(old)
+        self.staging.rename(self.final)
+        self.root = self.final
+        shutil.rmtree(old)
+        m = self.read_manifest()
+        m["run_dir"] = str(self.final.resolve())
+        self.write_manifest(m)
+        log.info("run %s/%s: the re-run replaced the previous run directory", self.date, self.run_id)
+
+    def slates_fingerprint(self) -> str:
+        """sha256 over the published files (slates, fallback pages): evaluate records it
+        with its gate result, publish refuses slates that changed since (item 8)."""
+        h = hashlib.sha256()
+        for name in ("slates.parquet", "fallback.parquet"):
+            with open(self.require("slates", name), "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        return h.hexdigest()
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
@@ -61,7 +164,7 @@ class RunDir:
             {
                 "logical_date": self.date.isoformat(),
                 "run_id": self.run_id,
-                "run_dir": str(self.root.resolve()),
+                "run_dir": str(self.final.resolve()),
                 "config": self.cfg.to_dict(),
                 "config_fingerprint": self.cfg.fingerprint(),
                 "code_version": code_version(),

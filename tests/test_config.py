@@ -44,3 +44,25 @@ def test_fingerprint_ignores_paths_but_not_model_settings():
     b = load_config(overrides={"paths": {"work_root": "/b"}}, environ={})
     c = load_config(overrides={"train": {"lr": 0.1}}, environ={})
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_dag_trigger_may_only_tune():
+    """Issue 8, item 13: the DAG's overrides param accepted any config, Spark JVM options
+    and the database URL included."""
+    import pytest
+
+    from recsys.config import ConfigError, check_trigger_overrides
+
+    ok = {"run_id": "exp1", "train": {"lr": 0.01}, "rerank": {"mmr_lambda": 0.5}, "evaluate": {"holdout_days": 0}}
+    assert check_trigger_overrides(ok) == ok
+    for bad in (
+        {"spark": {"conf": {"spark.driver.extraJavaOptions": "-javaagent:/tmp/x.jar"}}},
+        {"publish": {"database_url": "postgresql://evil/db"}},
+        {"publish": {"force": True}},
+        {"paths": {"work_root": "/"}},
+        {"evaluate": {"gate_enabled": False}},
+        {"model": {"encoder_path": "/tmp/pickle"}},
+        {"events": {"max_reject_rate": 1.0}},
+    ):
+        with pytest.raises(ConfigError, match="may not set"):
+            check_trigger_overrides(bad)

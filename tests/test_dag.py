@@ -56,7 +56,14 @@ def test_dag_test_runs_the_whole_night(tmp_path, tiny_data):
     mig = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True,
                          env=env, cwd=tmp_path, timeout=600)  # fmt: skip
     assert mig.returncode == 0, mig.stderr[-3000:]
-    over = tiny_overrides(tiny_data, tmp_path / "work")
+    # The deployment's config file carries paths and Spark settings; the trigger may only
+    # tune (issue 8, item 13).
+    import yaml
+
+    deploy = tmp_path / "deploy.yaml"
+    deploy.write_text(yaml.safe_dump(tiny_overrides(tiny_data, tmp_path / "work")))
+    env["RECSYS_CONFIG"] = str(deploy)
+    over = {"train": {"time_budget_s": 8}, "evaluate": {"holdout_days": 3}}
     code = textwrap.dedent(f"""
         import datetime as dt, json
         from airflow.dag_processing.dagbag import DagBag

@@ -124,7 +124,7 @@ def test_holdout_zero_trains_on_everything_and_still_publishes(tiny_run):
         "train": {"time_budget_s": 5, "max_epochs": 2, "batch_size": 32, "n_uniform_negatives": 64},
         "model": {"max_text_len": 32},
         "evaluate": {"holdout_days": 0},
-        "publish": {"database_url": f"sqlite:///{cfg0.paths.work_root}/h0.sqlite"},
+        "publish": {"database_url": f"sqlite:///{cfg0.paths.work_root}/h0.sqlite", "serving_run_id": "h0"},
         "run_id": "h0",
     }
     cfg = load_config(overrides=over, environ={})

@@ -287,6 +287,8 @@ def run_evaluate(cfg: Config, rd: RunDir) -> dict[str, Any]:
 
 
 def _write(rd: RunDir, result: dict[str, Any]) -> None:
+    # The gate result belongs to these exact slates: publish refuses any others.
+    result["slates_sha256"] = rd.slates_fingerprint()
     jsonio.write(rd.path("metrics.json"), result)
     rd.path("report.html").write_text(render_report(rd, result))
 

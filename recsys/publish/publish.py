@@ -33,6 +33,11 @@ def run_publish(cfg: Config, rd: RunDir) -> dict[str, Any]:
         raise db.PublishError(f"blocked by the evaluation gate ({metrics_path}); nothing was published")
     slates = rd.require("slates", "slates.parquet")
     fallback = rd.require("slates", "fallback.parquet")
+    if metrics.get("slates_sha256") != rd.slates_fingerprint():
+        raise db.PublishError(
+            f"the slates in {rd.path('slates')} changed after evaluate judged them (or {metrics_path} predates "
+            "fingerprints); re-run evaluate before publishing"
+        )
     expected = {
         "users": pq.ParquetFile(slates).metadata.num_rows,
         "segments": pq.ParquetFile(fallback).metadata.num_rows,
