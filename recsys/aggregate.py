@@ -534,6 +534,7 @@ def rank_labels_by_days(cfg: Config, base: DataFrame, cutoff: dt.date) -> bool:
         )
         .first()
     )
+    assert row is not None  # an aggregate always returns one row
     users, recent = int(row["users"] or 0), int(row["recent"] or 0)
     by_days = recent >= max(cfg.rank.min_train_users, 0.1 * users)
     log.info("aggregate: %d of %d users active in the last %d day(s) before %s: rank labels by %s",

@@ -44,6 +44,7 @@ class Partition:
 
 def _hadoop_fs(spark: SparkSession, root: str):  # type: ignore[no-untyped-def]
     jvm = spark.sparkContext._jvm
+    assert jvm is not None, "a SparkContext without a JVM gateway"
     path = jvm.org.apache.hadoop.fs.Path(root)
     return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
 
@@ -124,6 +125,7 @@ def _csv_header(spark: SparkSession, uri: str) -> list[str] | None:
 
     fs, path = _hadoop_fs(spark, uri)
     jvm = spark.sparkContext._jvm
+    assert jvm is not None, "a SparkContext without a JVM gateway"
     stream = fs.open(path)
     try:
         line = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8")).readLine()
@@ -142,9 +144,9 @@ def _read_csv(spark: SparkSession, files: list[str]) -> list[DataFrame]:
 
     groups: dict[tuple[str, ...], list[str]] = {}
     for f in files:
-        header = _csv_header(spark, f)
-        if header is not None:  # an empty file holds no row
-            groups.setdefault(tuple(header), []).append(f)
+        names = _csv_header(spark, f)
+        if names is not None:  # an empty file holds no row
+            groups.setdefault(tuple(names), []).append(f)
     frames = []
     for header, group in groups.items():
         schema = T.StructType(
@@ -221,6 +223,6 @@ def read_raw(spark: SparkSession, parts: list[Partition], columns: list[str]) ->
             )
         )
     out = frames[0]
-    for f in frames[1:]:
-        out = out.unionByName(f)
+    for frame in frames[1:]:
+        out = out.unionByName(frame)
     return out

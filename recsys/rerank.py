@@ -309,7 +309,8 @@ def build_fallbacks(cfg: Config, ctx: Context) -> dict[str, list[dict[str, Any]]
     def ranked(mask: np.ndarray, score: np.ndarray, used: set[int], n: int, cap: int | None) -> list[int]:
         rows = np.flatnonzero(mask & ok & (score > 0))
         rows = rows[np.lexsort((rows, -score[rows]))]
-        out, counts = [], {}
+        out: list[int] = []
+        counts: dict[Any, int] = {}
         for r in rows:
             if int(r) in used:
                 continue

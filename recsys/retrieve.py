@@ -57,7 +57,7 @@ class FaissIndex:
         if use_ivf:
             nlist = max(1, min(cfg.ivf_nlist, len(x) // 39))  # faiss wants >= 39 points per list
             quant = faiss.IndexFlatIP(d)
-            index = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            index: Any = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
             index.train(x)
             index.nprobe = min(cfg.ivf_nprobe, nlist)
             kind = f"ivf{nlist}"

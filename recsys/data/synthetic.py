@@ -18,6 +18,7 @@ Deterministic for a given seed.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 import logging
 import math
 import time
@@ -118,7 +119,10 @@ class _Catalog:
 
 
 def _flat_categories() -> tuple[list[str], list[list[str]], np.ndarray, np.ndarray]:
-    paths, nouns, dept_of, complement = [], [], [], []
+    paths: list[str] = []
+    nouns: list[list[str]] = []
+    dept_of: list[int] = []
+    complement: list[int] = []
     for d_i, (dept, cats) in enumerate(TREE.items()):
         base = len(paths)
         for c_i, (cat, ns) in enumerate(cats):
@@ -323,7 +327,11 @@ def generate(out_root: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> dic
         t_col = FUNNEL[ev["etype"]]
         ts_col = ev["ts"]
         s_col = np.array([f"s{day:03d}-{x:08d}" for x in ev["session"]], dtype=object)
-        extra_u, extra_i, extra_t, extra_ts, extra_s = [], [], [], [], []
+        extra_u: list[Any] = []
+        extra_i: list[Any] = []
+        extra_t: list[Any] = []
+        extra_ts: list[Any] = []
+        extra_s: list[Any] = []
         n_bad = math.ceil(n_good * spec.corrupt_rate) if spec.corrupt_rate > 0 and n_good else 0
         future = dt.datetime.combine(spec.end_date + dt.timedelta(days=400), dt.time(1), dt.UTC).timestamp()
         for b in range(n_bad):

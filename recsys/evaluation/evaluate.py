@@ -128,7 +128,7 @@ def _top_k_lists(ctx: Context, users: list[str], scores: np.ndarray, rows: np.nd
 
 def last_item_cooc(ctx: Context, users: list[str], k: int) -> dict[str, list[str]]:
     """Baseline: the co-visitation neighbours of the user's last item, strongest first."""
-    out = {}
+    out: dict[str, list[str]] = {}
     for u in users:
         h = ctx.history(u)
         nb = ctx.covis.get(int(h[-1])) if len(h) else None
@@ -232,6 +232,7 @@ def cold_targets(cfg: Config, ctx: Context, targets: dict[str, set[str]]) -> dic
 def run_evaluate(cfg: Config, rd: RunDir) -> dict[str, Any]:
     t0 = time.time()
     ec = cfg.evaluate
+    result: dict[str, Any]
     if not ec.enabled:
         result = {
             "protocol": "none",

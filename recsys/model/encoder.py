@@ -196,7 +196,7 @@ class TextStore:
         if hit.any():
             out[hit] = have_v[pos[hit]]
         if len(missing):
-            new = encode_texts(encoder, [texts[i] for i in missing])
+            new = encode_texts(encoder, [texts[int(i)] for i in missing])
             out[missing] = new
             uniq_k, first = np.unique(keys[missing], return_index=True)
             all_k = np.concatenate([have_k, uniq_k])

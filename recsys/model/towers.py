@@ -40,6 +40,8 @@ def gap_buckets(ts_seconds: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 class ItemTower(nn.Module):
+    id_index: torch.Tensor  # [n_items] id-embedding row per item (0 = none); a buffer
+
     def __init__(self, encoder: TextEncoder, dim: int, id_index: torch.Tensor) -> None:
         super().__init__()
         self.encoder = encoder

@@ -107,6 +107,13 @@ class Names:
         return self.q("current_fallback")
 
 
+def _driver(conn: Connection) -> Any:
+    """The DBAPI connection (psycopg2) under a SQLAlchemy Connection, in its transaction."""
+    raw = conn.connection.driver_connection
+    assert raw is not None, "the connection is closed"
+    return raw
+
+
 def names_for(conn: Connection) -> Names:
     return Names(pg=conn.dialect.name == "postgresql")
 
@@ -136,7 +143,7 @@ def apply_migrations(conn: Connection) -> list[str]:
         sql = f.read_text()
         if n.pg:
             # Straight to the driver without parameters, so format('%L') stays literal.
-            conn.connection.driver_connection.cursor().execute(sql)
+            _driver(conn).cursor().execute(sql)
         else:
             for stmt in _statements(sql):
                 conn.exec_driver_sql(stmt)
@@ -254,8 +261,7 @@ def _copy_rows(conn: Connection, table: str, cols: tuple[str, str], rows: Iterab
     count = 0
     if n.pg:
         # COPY through the driver connection (psycopg2) inside the caller's transaction.
-        raw = conn.connection.driver_connection
-        cur = raw.cursor()
+        cur = _driver(conn).cursor()
         buf = io.StringIO()
         w = csv.writer(buf)
         for r in rows:
