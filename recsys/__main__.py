@@ -206,6 +206,13 @@ def cmd_db_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preview(args: argparse.Namespace) -> int:
+    from recsys.preview.app import serve
+
+    serve(_config(args), args.host, args.port)
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
@@ -296,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reader-role", default="homepage_reader")
     s.add_argument("--grant-to", nargs="*", default=[], metavar="LOGIN", help="site login roles")
     s.set_defaults(func=cmd_db_setup)
+
+    s = sub.add_parser("preview", help="read-only web app: any user's homepage, versions, segment pages, runs")
+    _common(s, date=False)
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
+    s.add_argument("--port", type=int, default=8765)
+    s.set_defaults(func=cmd_preview)
 
     s = sub.add_parser("config", help="print the resolved configuration")
     _common(s, date=False)

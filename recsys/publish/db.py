@@ -522,12 +522,48 @@ def get_homepage(conn: Connection, user_id: str, segment: str = "all") -> dict[s
     return None
 
 
+def run_row(conn: Connection, run_key: str) -> dict[str, Any] | None:
+    n = names_for(conn)
+    row = conn.execute(text(f"SELECT * FROM {n.runs} WHERE run_key = :k"), {"k": run_key}).mappings().first()
+    return dict(row) if row else None
+
+
+def version_page(conn: Connection, run_key: str, user_id: str, segment: str = "all") -> dict[str, Any] | None:
+    """What get_homepage would answer if run_key were live (the operator's preview of a
+    kept version; reads the run's own tables, so it needs the pipeline's credentials)."""
+    run = run_row(conn, run_key)
+    if run is None or run["status"] not in ("published", "superseded", "loaded"):
+        return None
+    r = conn.execute(text(f"SELECT sections FROM {run['slates_table']} WHERE user_id = :u"), {"u": user_id}).first()
+    if r is not None:
+        return {"user_id": user_id, "kind": "personal", "run_key": run_key, "sections": _json(r[0])}
+    for seg in (segment, "all"):
+        r = conn.execute(text(f"SELECT sections FROM {run['fallback_table']} WHERE segment = :s"), {"s": seg}).first()
+        if r is not None:
+            return {"user_id": user_id, "kind": "segment", "segment": seg, "run_key": run_key, "sections": _json(r[0])}
+    return None
+
+
+def segment_pages(conn: Connection, run_key: str) -> dict[str, list[dict[str, Any]]]:
+    """segment -> sections of one kept version's fallback pages."""
+    run = run_row(conn, run_key)
+    if run is None or run["status"] not in ("published", "superseded", "loaded"):
+        return {}
+    rows = conn.execute(text(f"SELECT segment, sections FROM {run['fallback_table']} ORDER BY segment"))
+    return {seg: _json(sec) for seg, sec in rows}
+
+
+def _json(v: Any) -> Any:
+    return json.loads(v) if isinstance(v, str) else v  # jsonb arrives parsed, SQLite text does not
+
+
 def list_runs(conn: Connection, limit: int = 20) -> list[dict[str, Any]]:
     n = names_for(conn)
     rows = (
         conn.execute(
             text(
-                f"SELECT run_key, logical_date, status, users, segments, published_at, message FROM {n.runs} "
+                f"SELECT run_key, logical_date, run_id, status, users, segments, published_at, message, metrics "
+                f"FROM {n.runs} "
                 "ORDER BY created_at DESC, run_key DESC LIMIT :l"
             ),
             {"l": limit},

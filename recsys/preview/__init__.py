@@ -1,0 +1,1 @@
+"""The operator's preview: a read-only web app over the published homepages."""
