@@ -20,7 +20,6 @@ the best baseline on gate_metric, and with the previous run.
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import math
@@ -34,6 +33,7 @@ import pandas as pd
 from recsys import jsonio
 from recsys.config import Config
 from recsys.evaluation.metrics import catalog_coverage, intra_list_diversity, per_user_metrics, summarise
+from recsys.evaluation.report import render_report
 from recsys.rank import load_ranker, rank_candidates
 from recsys.rerank import build_slates, flatten
 from recsys.retrieve import SOURCES, Context, blend, generate_all, load_context
@@ -292,53 +292,3 @@ def _write(rd: RunDir, result: dict[str, Any]) -> None:
     result["slates_sha256"] = rd.slates_fingerprint()
     jsonio.write(rd.path("metrics.json"), result)
     rd.path("report.html").write_text(render_report(rd, result))
-
-
-def _fmt(x: Any) -> str:
-    return f"{x:.4f}" if isinstance(x, float) and not math.isnan(x) else html.escape(str(x))
-
-
-def render_report(rd: RunDir, result: dict[str, Any]) -> str:
-    """A self-contained HTML page: metrics per method, cold start, gate, stage timings."""
-    parts = [
-        "<!doctype html><meta charset='utf-8'><title>homepage run report</title>",
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}"
-        ".pass{color:#080}.fail{color:#b00}</style>",
-        f"<h1>Homepage run {html.escape(rd.date.isoformat())} / {html.escape(rd.run_id)}</h1>",
-    ]
-    g = result.get("gate", {})
-    cls = "pass" if g.get("passed") else "fail"
-    if g.get("skipped"):
-        parts.append(f"<h2>Gate: not run</h2><p>{html.escape(str(g['skipped']))}</p>")
-    else:
-        parts.append(f"<h2>Gate: <span class='{cls}'>{'PASSED' if g.get('passed') else 'FAILED'}</span></h2>")
-    if result.get("cold_start_note"):
-        parts.append(
-            f"<p>Cold start: {html.escape(str(result['cold_start_note']))} "
-            f"({result.get('cold_start_targets')} targets).</p>"
-        )
-    for c in g.get("checks", []):
-        parts.append(
-            f"<p class='{'pass' if c['passed'] else 'fail'}'>{html.escape(c['check'])}: "
-            f"{_fmt(c.get('value'))} (threshold {_fmt(c.get('threshold'))})</p>"
-        )
-    for title, key in (("Holdout metrics", "methods"), ("Cold-start items only", "cold_start"),
-                       ("Beyond accuracy", "beyond_accuracy")):  # fmt: skip
-        table = result.get(key) or {}
-        if not table:
-            continue
-        cols = [c for c in next(iter(table.values())) if not c.endswith(("_lo", "_hi"))]
-        parts.append(f"<h2>{title}</h2><table><tr><th>method</th>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>")
-        for name, row in table.items():
-            parts.append(f"<tr><th>{name}</th>" + "".join(f"<td>{_fmt(row.get(c))}</td>" for c in cols) + "</tr>")
-        parts.append("</table>")
-    stages = rd.read_manifest().get("stages", {})
-    if stages:
-        parts.append("<h2>Stages</h2><table><tr><th>stage</th><th>seconds</th><th>status</th></tr>")
-        for s, info in stages.items():
-            parts.append(
-                f"<tr><th>{s}</th><td>{_fmt(info.get('seconds'))}</td><td>{_fmt(info.get('status'))}</td></tr>"
-            )
-        parts.append("</table>")
-    return "\n".join(parts)
