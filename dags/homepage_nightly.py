@@ -21,15 +21,18 @@ import os
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, DeadlineReference, Param, get_current_context, task
 
-# The stage list lives in recsys/pipeline.py (cheap to import: no torch, no Spark).
+# Cheap imports only (no torch, no Spark): the stage list and the alert callbacks.
+from recsys.monitoring import on_task_failure
 from recsys.pipeline import STAGES
 
 GPU_STAGES = {"train", "embed"}
 TIMEOUTS = {"train": timedelta(hours=4), "embed": timedelta(hours=2)}
 GPU_QUEUE = os.environ.get("RECSYS_GPU_QUEUE")
 GPU_POOL = os.environ.get("RECSYS_GPU_POOL")
+# The homepage must be published this long after the logical date (02:00 -> 07:00).
+DEADLINE = timedelta(hours=float(os.environ.get("RECSYS_DEADLINE_HOURS", "5")))
 
 
 def _run(stage: str) -> dict:
@@ -57,7 +60,13 @@ with DAG(
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    deadline=DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_LOGICAL_DATE,
+        interval=DEADLINE,
+        callback=AsyncCallback("recsys.monitoring.on_deadline_missed"),
+    ),
     default_args={
+        "on_failure_callback": on_task_failure,
         "retries": 2,
         "retry_delay": timedelta(minutes=5),
         "retry_exponential_backoff": True,

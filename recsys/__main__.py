@@ -206,6 +206,15 @@ def cmd_db_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """Refresh the live homepage's freshness gauge (cron, between nights)."""
+    from recsys.monitoring import record_live
+
+    path = record_live(_config(args))
+    print(path or "could not write the metrics file (see the log)")
+    return 0 if path else 1
+
+
 def cmd_preview(args: argparse.Namespace) -> int:
     from recsys.preview.app import serve
 
@@ -303,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reader-role", default="homepage_reader")
     s.add_argument("--grant-to", nargs="*", default=[], metavar="LOGIN", help="site login roles")
     s.set_defaults(func=cmd_db_setup)
+
+    s = sub.add_parser("metrics", help="write the live homepage's age for Prometheus (textfile collector)")
+    _common(s, date=False)
+    s.set_defaults(func=cmd_metrics)
 
     s = sub.add_parser("preview", help="read-only web app: any user's homepage, versions, segment pages, runs")
     _common(s, date=False)

@@ -368,6 +368,12 @@ class PublishConfig(_Section):
     min_users_ratio_vs_previous: float = Field(default=0.5, ge=0.0, le=1.0)
 
 
+class MonitoringConfig(_Section):
+    # Where the Prometheus .prom files go (node_exporter --collector.textfile.directory);
+    # None = <work_root>/metrics.
+    textfile_dir: str | None = None
+
+
 class Config(_Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
@@ -379,6 +385,7 @@ class Config(_Section):
     rerank: RerankConfig = Field(default_factory=RerankConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     # Run identity: a run directory is <work_root>/runs/<date>/<run_id>. Re-running a
     # date with the same run_id replaces that run's outputs; set another run_id to keep
     # an experiment beside the nightly run. Each stage records the config fingerprint it

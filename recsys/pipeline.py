@@ -24,6 +24,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from recsys import monitoring
 from recsys.config import Config
 from recsys.rundir import RunDir
 
@@ -79,10 +80,14 @@ def _run_locked(stage: str, cfg: Config, rd: RunDir) -> dict[str, Any]:
             "seconds": round(time.time() - t0, 1), "traceback": traceback.format_exc(limit=5),
         })  # fmt: skip
         log.error("stage %s: failed after %.1fs: %s", stage, time.time() - t0, e)
+        monitoring.record_stage(cfg, run_date, stage, {"seconds": time.time() - t0}, ok=False)
         raise
     info = {**info, "status": "ok", "started_at": started, "seconds": round(time.time() - t0, 1),
             "config_fingerprint": cfg.fingerprint()}  # fmt: skip
     rd.record_stage(stage, info)
+    monitoring.record_stage(cfg, run_date, stage, info, ok=True)
+    if stage == "publish":
+        monitoring.record_live(cfg)
     log.info("stage %s: done in %.1fs", stage, info["seconds"])
     if stage == STAGES[-1]:
         rd.promote()

@@ -36,6 +36,9 @@ def test_dagbag_imports_without_errors(tmp_path):
         print(json.dumps({{"errors": {{k: str(v) for k, v in bag.import_errors.items()}},
                           "tasks": [t.task_id for t in dag.topological_sort()] if dag else None,
                           "retries": dag.get_task("train").retries if dag else None,
+                          "deadline": [str(getattr(d.callback, "path", d.callback)) for d in dag.deadline] if dag else None,
+                          "on_failure": [getattr(c, "__name__", "") for c in
+                                         (dag.get_task("publish").on_failure_callback or [])] if dag else None,
                           "schedule": str(dag.schedule) if dag else None}}))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_airflow_env(tmp_path),
@@ -47,6 +50,8 @@ def test_dagbag_imports_without_errors(tmp_path):
     assert res["tasks"] == STAGES
     assert STAGES == ["validate", "aggregate", "train", "embed", "retrieve", "rank", "rerank", "evaluate", "publish"]
     assert res["retries"] == 2 and res["schedule"] == "0 2 * * *"
+    # issue 9: alerts on failure and when the homepage is not published by its deadline
+    assert "on_deadline_missed" in str(res["deadline"]) and res["on_failure"] == ["on_task_failure"]
 
 
 @pytest.mark.slow
