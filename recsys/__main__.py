@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--end-date", default="2026-11-21", help="last day with events")
     s.add_argument("--seed", type=int, default=7)
     s.add_argument("--corrupt-rate", type=float, default=0.002, help="share of bad rows injected")
-    s.add_argument("--bot-users", type=int, default=1)
+    s.add_argument("--bot-users", type=int, default=None, help="crawler accounts (default: one per 3,000 users)")
     s.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("import-movielens", help="MovieLens (ml-latest-small layout) -> input contract")

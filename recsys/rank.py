@@ -27,6 +27,7 @@ import pandas as pd
 from recsys import jsonio
 from recsys.config import Config
 from recsys.evaluation.metrics import ndcg_at_k
+from recsys.progress import Progress
 from recsys.retrieve import SOURCES, Context, blend, generate_all, load_context
 from recsys.rundir import RunDir
 
@@ -453,6 +454,7 @@ def rank_candidates(cfg: Config, ranker: Ranker | None, ctx: Context, cands: pd.
     space = FeatureSpace.build(ctx)
     users = np.sort(cands["user_id"].unique())
     out = []
+    bar = Progress(len(users), "rank: scoring", "users")
     for i in range(0, len(users), batch_users):
         part = cands[cands["user_id"].isin(set(users[i : i + batch_users]))]
         pairs = wide_candidates(part)
@@ -463,7 +465,8 @@ def rank_candidates(cfg: Config, ranker: Ranker | None, ctx: Context, cands: pd.
         pairs = pairs.sort_values(["user_id", "score", "item_id"], ascending=[True, False, True], kind="stable")
         pairs["rank"] = pairs.groupby("user_id").cumcount() + 1
         out.append(pairs.loc[pairs["rank"] <= k, RANKED_COLUMNS])
-        log.info("rank: scored %d/%d users", min(i + batch_users, len(users)), len(users))
+        bar.update(len(users[i : i + batch_users]))
+    bar.close()
     if not out:
         return pd.DataFrame(columns=RANKED_COLUMNS)
     return pd.concat(out, ignore_index=True)

@@ -25,6 +25,7 @@ import pandas as pd
 
 from recsys import jsonio
 from recsys.config import Config, SectionSpec
+from recsys.progress import Progress
 from recsys.retrieve import SOURCES, Context, load_context
 from recsys.rundir import RunDir
 
@@ -374,7 +375,7 @@ def run_rerank(cfg: Config, rd: RunDir) -> dict[str, Any]:
 
 
 def build_slates(
-    cfg: Config, ctx: Context, ranked: pd.DataFrame, by_source: pd.DataFrame, progress_every: int = 5000
+    cfg: Config, ctx: Context, ranked: pd.DataFrame, by_source: pd.DataFrame
 ) -> dict[str, list[dict[str, Any]]]:
     """user_id -> sections, for every user with at least events.min_history items."""
     builder = SectionBuilder(cfg, ctx)
@@ -385,12 +386,12 @@ def build_slates(
     users = sorted(u for u, r in ctx.user_row.items() if lengths[r] >= cfg.events.min_history)
     slates: dict[str, list[dict[str, Any]]] = {}
     t0 = time.time()
-    for i, u in enumerate(users, 1):
-        secs = builder.build(u, r_pools.get(u, Pool.empty()), s_pools.get(u, {}))
-        if secs:
-            slates[u] = secs
-        if i % progress_every == 0:
-            log.info("rerank: %d/%d users (%.0f users/s)", i, len(users), i / (time.time() - t0))
+    with Progress(len(users), "rerank", "users") as bar:
+        for u in users:
+            secs = builder.build(u, r_pools.get(u, Pool.empty()), s_pools.get(u, {}))
+            if secs:
+                slates[u] = secs
+            bar.update()
     log.info("rerank: %d users in %.1fs (%.0f users/s)", len(users), time.time() - t0,
              len(users) / max(time.time() - t0, 1e-9))  # fmt: skip
     return slates

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from recsys.config import Config, RetrieveConfig
 from recsys.device import faiss_available, faiss_num_gpus
 from recsys.features import Catalog, Sequences, load_catalog, load_sequences, split_cutoff
+from recsys.progress import Progress
 from recsys.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -281,8 +282,10 @@ class TwoTowerSource:
         index, index_rows = ctx.index()
         rows: list[tuple[str, int, float, str]] = []
         bs = ctx.cfg.retrieve.query_batch_size
+        bar = Progress(len(have), f"retrieve: {self.name}", "users")
         for i in range(0, len(have), bs):
             batch = have[i : i + bs]
+            bar.update(len(batch))
             q = ctx.scoring_users(batch)  # [b, d+1]
             # Over-fetch by the batch's largest exclusion list so k survive filtering.
             extra = min(max((len(ctx.blocked(u)) for u in batch), default=0), 2000)
@@ -290,6 +293,7 @@ class TwoTowerSource:
             for j, u in enumerate(batch):
                 ok = found[j] >= 0
                 rows.extend(_take(u, index_rows[found[j][ok]], scores[j][ok], ctx, k))
+        bar.close()
         return _frame(rows, ctx, self.name)
 
 

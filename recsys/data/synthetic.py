@@ -100,8 +100,14 @@ class SyntheticSpec:
     complement_prob: float = 0.35  # chance a session moves on to the complement category
     zipf_a: float = 1.1
     corrupt_rate: float = 0.002  # fraction of bad rows injected (0 = clean data)
-    bot_users: int = 1
+    # Crawler accounts injected on one day. None = one per 3,000 users (none below 3,000),
+    # so the injected faults scale with the data: a fixed 2,500-event bot in a 400-user
+    # set was 28% of its events and stopped the night at the reject-rate guard.
+    bot_users: int | None = None
     bot_events_per_day: int = 2500  # on one day; above events.bot_max_events_per_day
+
+    def n_bots(self) -> int:
+        return self.n_users // 3000 if self.bot_users is None else self.bot_users
     seed: int = 7
 
 
@@ -347,16 +353,16 @@ def generate(out_root: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> dic
                 row = (u_col[j], i_col[j], t_col[j], ts_col[j], s_col[j])
             for lst, v in zip((extra_u, extra_i, extra_t, extra_ts, extra_s), row, strict=True):
                 lst.append(v)
-        if spec.bot_users and n_good and day == max(spec.days - 3, 0):
+        if spec.n_bots() and n_good and day == max(spec.days - 3, 0):
             # A crawler: thousands of views in one day from one account.
             live_ids = cat.item_id[live]
-            for k in range(spec.bot_events_per_day * spec.bot_users):
-                extra_u.append(f"bot{k % spec.bot_users:03d}")
+            for k in range(spec.bot_events_per_day * spec.n_bots()):
+                extra_u.append(f"bot{k % spec.n_bots():03d}")
                 extra_i.append(live_ids[k % len(live_ids)])
                 extra_t.append("view")
                 extra_ts.append(day_start + k * 30 % 86_000)
                 extra_s.append(f"bot-{day}")
-            n_bad += spec.bot_events_per_day * spec.bot_users
+            n_bad += spec.bot_events_per_day * spec.n_bots()
         all_ts = np.concatenate([ts_col, np.array(extra_ts, dtype=np.float64)])
         _write(
             pa.table(

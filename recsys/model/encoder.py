@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from recsys.features import item_text  # noqa: F401  (re-exported: the encoder's input text)
+from recsys.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -142,20 +143,17 @@ def encode_texts(encoder: TextEncoder, texts: Sequence[str], batch_size: int = 1
 
     Batches are length-sorted (texts of similar length share a batch, so little of
     each batch is padding) and the output is returned in the input order; progress
-    with rate and ETA is logged every 15 s."""
+    with rate and ETA is shown (recsys.progress)."""
     n = len(texts)
     out = np.zeros((n, encoder.hidden), dtype=np.float32)
     order = np.argsort([len(t) for t in texts], kind="stable")
     encoder.eval()
-    t0 = t_log = time.time()
-    with torch.no_grad():
+    t0 = time.time()
+    with torch.no_grad(), Progress(n, "encode", "texts", every_s=15) as bar:
         for i in range(0, n, batch_size):
             idx = order[i : i + batch_size]
             out[idx] = encoder(encoder.tokenize([texts[j] for j in idx])).float().cpu().numpy()
-            if time.time() - t_log > 15:
-                t_log = time.time()
-                rate = (i + len(idx)) / (t_log - t0)
-                log.info("encode: %d/%d texts (%.0f/s, ETA %.0fs)", i + len(idx), n, rate, (n - i - len(idx)) / rate)
+            bar.update(len(idx))
     if n:
         log.info("encode: %d texts in %.1fs (%.0f/s)", n, time.time() - t0, n / max(time.time() - t0, 1e-9))
     return out

@@ -33,6 +33,7 @@ from recsys.device import torch_device
 from recsys.model.data import Catalog, Sequences, load_catalog, load_sequences, pad_batch, pad_windows, windows
 from recsys.model.encoder import PrefixCache, TextEncoder, TextStore
 from recsys.model.towers import TwoTower, gap_buckets
+from recsys.progress import Progress
 from recsys.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -298,8 +299,9 @@ class Trainer:
         order = self.rng.permutation(len(self.train_wins))
         B = self.cfg.train.batch_size
         losses: list[float] = []
-        t_log = time.time()
+        bar = Progress(len(order), f"train epoch {epoch}", "windows", every_s=15)
         for s in range(0, len(order), B):
+            bar.update(len(order[s : s + B]))
             loss = self.step_loss(self.train_wins[order[s : s + B]])
             if loss is None:
                 continue
@@ -309,12 +311,11 @@ class Trainer:
             self.opt.step()
             losses.append(float(loss.item()))
             self.steps += 1
-            now = time.time()
-            if now - t_log > 15:
-                log.info("train: epoch %d window %d/%d loss %.4f", epoch, s + B, len(order), np.mean(losses[-20:]))
-                t_log = now
-            if deadline is not None and now > deadline:
+            bar.postfix["loss"] = float(np.mean(losses[-20:]))
+            if deadline is not None and time.time() > deadline:
+                bar.close()
                 return (float(np.mean(losses)) if losses else None), True
+        bar.close()
         return (float(np.mean(losses)) if losses else None), False
 
     def validate(self) -> float | None:

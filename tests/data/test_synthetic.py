@@ -42,3 +42,14 @@ def test_cold_start_items_and_funnel(tmp_path):
     assert counts["view"] > counts.get("click", 0) > counts.get("add_to_cart", 0) >= counts.get("purchase", 0)
     # the injected bad rows are there for validation to find
     assert ev["user_id"].isna().any() or read(tmp_path, "events", "2026-11-19")["user_id"].isna().any()
+
+
+def test_injected_faults_scale_with_the_data(tmp_path):
+    """Issue 9: `generate --users 400` injected a 2,500-event bot (28% of its events),
+    so its own night stopped at the reject-rate guard. Bots now come one per 3,000 users."""
+    for users, bots in ((400, 0), (3000, 1), (6500, 2)):
+        spec = SyntheticSpec(n_users=users, n_items=300, days=14, end_date=dt.date(2026, 11, 21), seed=2)
+        assert spec.n_bots() == bots
+        counts = generate(tmp_path / str(users), spec)
+        bad_share = counts["bad_rows"] / (counts["events"] + counts["bad_rows"])
+        assert bad_share < 0.05, (users, counts)  # under production's max_reject_rate (config/example.yaml)
