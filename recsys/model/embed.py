@@ -61,7 +61,9 @@ def embed_all(cfg: Config, rd: RunDir) -> dict[str, Any]:
         seqs = load_sequences(rd.require("features", split, "sequences"), catalog.index(), bundle.type_names)
         t = time.time()
         with torch.no_grad():
-            users = bundle.user_vectors(seqs, table, cfg.model.max_seq_len, batch_size=1024)
+            users = bundle.user_vectors(
+                seqs, table, cfg.model.max_seq_len, batch_size=1024, progress=f"embed: users ({split})"
+            )
         np.save(out / f"users_{split}.npy", users.cpu().numpy().astype(np.float32))
         pq.write_table(pa.table({"user_id": seqs.user_ids.astype(str), "row": np.arange(len(seqs))}),
                        out / f"users_{split}.parquet")  # fmt: skip

@@ -87,19 +87,26 @@ class Bundle:
 
     @torch.no_grad()
     def user_vectors(self, seqs: Sequences, table: torch.Tensor, max_len: int, batch_size: int = 512,
-                     rows: np.ndarray | None = None, drop_last: int = 0) -> torch.Tensor:  # fmt: skip
-        """User-tower state after each user's last step: [U, d] (no grad)."""
+                     rows: np.ndarray | None = None, drop_last: int = 0,
+                     progress: str | None = None) -> torch.Tensor:  # fmt: skip
+        """User-tower state after each user's last step: [U, d] (no grad). progress: a
+        label to show progress under (the embed stage), None for quiet calls."""
         was = self.model.training
         self.model.eval()
         rows = np.arange(len(seqs)) if rows is None else rows
         out = []
+        bar = Progress(len(rows), progress, "users") if progress else None
         for i in range(0, len(rows), batch_size):
             r = rows[i : i + batch_size]
+            if bar is not None:
+                bar.update(len(r))
             items, types, ts, valid = (t.to(self.device) for t in pad_batch(seqs, r, max_len, drop_last))
             with _autocast(self.device):
                 states = self.model.user(table[items], types, gap_buckets(ts, valid), valid)
             last = valid.sum(1).clamp(min=1) - 1
             out.append(states[torch.arange(len(r), device=self.device), last].float())
+        if bar is not None:
+            bar.close()
         self.model.train(was)
         return torch.cat(out) if out else torch.zeros(0, table.shape[1], device=self.device)
 
