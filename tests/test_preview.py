@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import RUN_DATE
+from tests.publish.test_db import pg_url  # noqa: F401 - the PostgreSQL fixture
 
 EVIL = "<script>window.__pwned=1</script><b>bold</b> & co"
 
@@ -157,3 +158,33 @@ def test_preview_in_a_real_browser(server, published, tmp_path):
         page.screenshot(path=str(shots / "segments.png"), full_page=True)
         browser.close()
     assert len(list(shots.glob("*.png"))) == 5
+
+
+@pytest.mark.postgres
+def test_preview_reads_postgres_versions(pg_url, tmp_path):
+    """The same pages against PostgreSQL (jsonb, partitions): live page through
+    get_homepage, a kept version from its own table, the diff and the segment pages."""
+    from fastapi.testclient import TestClient
+
+    from recsys.config import load_config
+    from recsys.preview.app import create_app
+    from tests.publish.test_db import D1, D2, _pg_engine, publish
+
+    e = _pg_engine(pg_url)
+    r1, _ = publish(e, D1, "old", users=("u1", "u2"))
+    r2, _ = publish(e, D2, "new", users=("u1", "u2"))
+    e.dispose()
+    cfg = load_config(overrides={"paths": {"work_root": str(tmp_path)}, "publish": {"database_url": pg_url}},
+                      environ={})  # fmt: skip
+    with TestClient(create_app(cfg)) as client:
+        home = client.get("/").text
+        assert r1["run_key"] in home and r2["run_key"] in home and ">published<" in home
+        live = client.get("/user", params={"user_id": "u1"}).text
+        assert 'data-item="new-u1"' in live and r2["run_key"] in live
+        old = client.get("/user", params={"user_id": "u1", "version": r1["run_key"]}).text
+        assert 'data-item="old-u1"' in old
+        diff = client.get("/diff", params={"user_id": "u1", "a": r1["run_key"], "b": "live"}).text
+        assert "new-u1" in diff and "old-u1" in diff
+        segs = client.get("/segments", params={"version": r1["run_key"]}).text
+        assert 'data-segment="all"' in segs and 'data-item="old-all"' in segs
+        assert client.get("/user", params={"user_id": "stranger"}).text.count("segment") >= 1
