@@ -71,3 +71,24 @@ def tiny_rd(tiny_run):
 
     cfg, _ = tiny_run
     return RunDir(cfg, RUN_DATE)
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    """A fresh database on the local PostgreSQL server for one test module (dropped after);
+    skips when the server is not reachable."""
+    import uuid
+
+    from recsys.publish import db
+    from tests.publish.test_db import PG_ADMIN, _pg_available
+
+    if not _pg_available():
+        pytest.skip("PostgreSQL on 127.0.0.1:5432 is not reachable")
+    name = f"recsys_test_{uuid.uuid4().hex[:8]}"
+    admin = db.make_engine(PG_ADMIN).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.exec_driver_sql(f"CREATE DATABASE {name}")
+    yield PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as c:
+        c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.dispose()

@@ -17,7 +17,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import RUN_DATE
-from tests.publish.test_db import pg_url  # noqa: F401 - the PostgreSQL fixture
 
 EVIL = "<script>window.__pwned=1</script><b>bold</b> & co"
 

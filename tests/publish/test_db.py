@@ -28,20 +28,6 @@ def _pg_available() -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def pg_url():
-    if not _pg_available():
-        pytest.skip("PostgreSQL on 127.0.0.1:5432 is not reachable")
-    name = f"recsys_test_{uuid.uuid4().hex[:8]}"
-    admin = db.make_engine(PG_ADMIN).execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.exec_driver_sql(f"CREATE DATABASE {name}")
-    yield PG_ADMIN.rsplit("/", 1)[0] + "/" + name
-    with admin.connect() as c:
-        c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.dispose()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def engine(request, tmp_path):
     if request.param == "sqlite":
