@@ -13,6 +13,10 @@ logical date), `force_publish`. The config file (RECSYS_CONFIG), paths, Spark op
 the database and the gate come from the deployment, never from whoever triggers a run.
 GPU: set RECSYS_GPU_QUEUE / RECSYS_GPU_POOL in the scheduler's environment to send
 train and embed to GPU workers.
+Sharded stages (recsys.pipeline.SHARDED: retrieve, rank, rerank) are three tasks each:
+`<stage>_shards` decides the run's user shards, `<stage>` is mapped over them (dynamic
+task mapping: one task per shard, spread over the executor's workers, retried one shard
+at a time), `<stage>_done` merges them and records the stage.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, DeadlineReference, Pa
 
 # Cheap imports only (no torch, no Spark): the stage list and the alert callbacks.
 from recsys.monitoring import on_task_failure
-from recsys.pipeline import STAGES
+from recsys.pipeline import SHARDED, STAGES
 
 GPU_STAGES = {"train", "embed"}
 TIMEOUTS = {"train": timedelta(hours=4), "embed": timedelta(hours=2)}
@@ -36,10 +40,9 @@ GPU_POOL = os.environ.get("RECSYS_GPU_POOL")
 DEADLINE_HOURS = float(os.environ.get("RECSYS_DEADLINE_HOURS", "5"))
 
 
-def _run(stage: str) -> dict:
-    """Resolve config + date from the DAG run, then run one stage."""
+def _resolve() -> tuple:
+    """Config + logical date of this DAG run (trigger overrides checked)."""
     from recsys.config import check_trigger_overrides, load_config, parse_date
-    from recsys.pipeline import run_stage
 
     ctx = get_current_context()
     params = ctx["params"]
@@ -49,9 +52,25 @@ def _run(stage: str) -> dict:
     cfg = load_config(None, overrides)
     # Manual runs in Airflow 3 may have no logical date: fall back to run_after.
     when = params.get("date") or ctx.get("logical_date") or ctx["dag_run"].run_after
-    info = run_stage(stage, cfg, parse_date(str(when)[:10] if isinstance(when, str) else when))
+    return cfg, parse_date(str(when)[:10] if isinstance(when, str) else when)
+
+
+def _summary(info: dict) -> dict:
     # XCom keeps the small summary only (the run directory holds the rest).
     return {k: v for k, v in info.items() if k not in ("history", "traceback")}
+
+
+def _run(stage: str) -> dict:
+    from recsys.pipeline import run_stage
+
+    return _summary(run_stage(stage, *_resolve()))
+
+
+def _part(stage: str, part: str, shard: int | None = None):
+    from recsys.pipeline import run_stage_part
+
+    out = run_stage_part(stage, part, *_resolve(), shard=shard)
+    return out if part == "prepare" else _summary(out)
 
 
 with DAG(
@@ -93,11 +112,30 @@ with DAG(
         if stage == "publish":
             extra["retries"] = 1  # a refused publish (gate, backfill guard) is not transient
 
-        @task(task_id=stage, **extra)
-        def run(stage_name: str = stage) -> dict:
-            return _run(stage_name)
+        if stage in SHARDED:
 
-        current = run()
+            @task(task_id=f"{stage}_shards")
+            def prepare(stage_name: str = stage) -> list[int]:
+                return _part(stage_name, "prepare")
+
+            @task(task_id=stage, **extra)
+            def shard(stage_name: str, shard: int) -> dict:
+                return _part(stage_name, "shard", shard)
+
+            @task(task_id=f"{stage}_done")
+            def finish(stage_name: str = stage) -> dict:
+                return _part(stage_name, "finish")
+
+            first = prepare()
+            last = finish()
+            first >> shard.partial(stage_name=stage).expand(shard=first) >> last
+        else:
+
+            @task(task_id=stage, **extra)
+            def run(stage_name: str = stage) -> dict:
+                return _run(stage_name)
+
+            first = last = run()
         if previous is not None:
-            previous >> current
-        previous = current
+            previous >> first
+        previous = last

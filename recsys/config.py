@@ -368,6 +368,22 @@ class PublishConfig(_Section):
     min_users_ratio_vs_previous: float = Field(default=0.5, ge=0.0, le=1.0)
 
 
+class ScaleConfig(_Section):
+    """User shards for retrieve, rank and rerank (recsys/shards.py): each shard reads only
+    its users' inputs and writes its own part files, so memory is bounded by the shard.
+    Locally the shards run in a process pool; in Airflow each is one mapped task."""
+
+    # 0 = ceil(users / users_per_shard); a fixed count otherwise (it never changes within
+    # a run: the count is recorded in the run directory by the first sharded stage).
+    shards: int = Field(default=0, ge=0, le=4096)
+    # Shard size when shards=0. One shard of 100k users holds ~30M candidate rows
+    # (~1.5 GiB in pandas) at the default per-source depths.
+    users_per_shard: int = Field(default=100_000, ge=1)
+    # Local process pool size; 0 = the machine's cores. 1 runs the shards one by one
+    # in the stage's own process (no pool).
+    workers: int = Field(default=0, ge=0)
+
+
 class MonitoringConfig(_Section):
     # Where the Prometheus .prom files go (node_exporter --collector.textfile.directory);
     # None = <work_root>/metrics.
@@ -386,6 +402,7 @@ class Config(_Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    scale: ScaleConfig = Field(default_factory=ScaleConfig)
     # Run identity: a run directory is <work_root>/runs/<date>/<run_id>. Re-running a
     # date with the same run_id replaces that run's outputs; set another run_id to keep
     # an experiment beside the nightly run. Each stage records the config fingerprint it

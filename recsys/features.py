@@ -99,8 +99,13 @@ class Sequences:
         return self.items[a:b], self.types[a:b], self.ts[a:b]
 
 
-def load_sequences(path: Path, item_index: pd.Index, type_names: list[str]) -> Sequences:
-    t = pq.read_table(path).sort_by("user_id")
+def load_sequences(
+    path: Path, item_index: pd.Index, type_names: list[str], shard: tuple[int, int] | None = None
+) -> Sequences:
+    """Every user's sequence, or only shard (i, n)'s users (recsys.shards)."""
+    from recsys.shards import read_table
+
+    t = read_table(path, shard).sort_by("user_id")
     items = t.column("items").combine_chunks()
     types = t.column("types").combine_chunks()
     ts = t.column("ts").combine_chunks()

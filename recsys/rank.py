@@ -30,6 +30,7 @@ from recsys.evaluation.metrics import ndcg_at_k
 from recsys.progress import Progress
 from recsys.retrieve import SOURCES, Context, blend, generate_all, load_context
 from recsys.rundir import RunDir
+from recsys.shards import part_path, read_part, write_part
 
 log = logging.getLogger(__name__)
 RANKED_COLUMNS = ["user_id", "item_id", "rank", "score", "source", "sources", "anchor"]
@@ -482,10 +483,9 @@ def load_ranker(rd: RunDir) -> Ranker | None:
     return Ranker(lgb.Booster(model_file=str(rd.require("ranker", "model.txt"))), meta["features"])
 
 
-def run_rank(cfg: Config, rd: RunDir) -> dict[str, Any]:
-    """Fit the ranker on the rank split, then order every serving candidate with it:
-    candidates/ranked.parquet (the final order the homepage is built from)."""
-    t0 = time.time()
+def prepare_rank(cfg: Config, rd: RunDir) -> dict[str, Any]:
+    """Fit the ranker on the rank split (once per night, before the shards) and save it
+    with its feature importances in ranker/; the summary for the stage's info."""
     out = rd.path("ranker")
     out.mkdir(parents=True, exist_ok=True)
     if cfg.rank.enabled:
@@ -499,13 +499,23 @@ def run_rank(cfg: Config, rd: RunDir) -> dict[str, Any]:
         (out / "model.txt").unlink(missing_ok=True)
         log.warning("rank: no learned ranker tonight, the RRF blend is the ranked list: %s", info["fallback"])
     jsonio.write(out / "meta.json", info)
-    ctx = load_context(cfg, rd, "full")
-    cands = pd.read_parquet(rd.require("candidates", "by_source.parquet"))
-    ranked = rank_candidates(cfg, ranker, ctx, cands)
-    ranked.to_parquet(rd.path("candidates", "ranked.parquet"), index=False)
     summary = {k: v for k, v in info.items() if k not in ("feature_importance_gain", "features")}
     summary["top_features"] = [n for n, _ in info.get("feature_importance_gain", [])[:5]]
-    summary.update({"ranker": "lightgbm-lambdarank" if ranker else "rrf-blend", "ranked_rows": len(ranked),
-                    "users": int(ranked["user_id"].nunique()), "seconds": round(time.time() - t0, 1)})  # fmt: skip
-    log.info("rank: %s", summary)
+    summary["ranker"] = "lightgbm-lambdarank" if ranker else "rrf-blend"
     return summary
+
+
+def run_rank(cfg: Config, rd: RunDir, shard: int, n_shards: int) -> dict[str, Any]:
+    """Order one user shard's serving candidates with tonight's ranker: its part of
+    candidates/ranked.parquet (the final order the homepage is built from)."""
+    ctx = load_context(cfg, rd, "full", shard=(shard, n_shards))
+    cands = read_part(rd, n_shards, shard, "candidates", "by_source.parquet")
+    ranked = rank_candidates(cfg, load_ranker(rd), ctx, cands)
+    write_part(ranked, part_path(rd, n_shards, shard, "candidates", "ranked.parquet"))
+    return {"ranked_rows": len(ranked), "users": int(ranked["user_id"].nunique())}
+
+
+def finish_rank(cfg: Config, rd: RunDir, prepared: dict[str, Any], infos: list[dict[str, Any]]) -> dict[str, Any]:
+    info = {**prepared, "ranked_rows": sum(i["ranked_rows"] for i in infos), "users": sum(i["users"] for i in infos)}
+    log.info("rank: %s", info)
+    return info

@@ -28,6 +28,7 @@ from recsys.config import Config, SectionSpec
 from recsys.progress import Progress
 from recsys.retrieve import SOURCES, Context, load_context
 from recsys.rundir import RunDir
+from recsys.shards import part_path, read_part, write_part
 
 log = logging.getLogger(__name__)
 
@@ -351,24 +352,39 @@ def build_fallbacks(cfg: Config, ctx: Context) -> dict[str, list[dict[str, Any]]
     return out
 
 
-def run_rerank(cfg: Config, rd: RunDir) -> dict[str, Any]:
-    t0 = time.time()
-    ctx = load_context(cfg, rd, "full")
-    by_source = pd.read_parquet(rd.require("candidates", "by_source.parquet"))
-    ranked = pd.read_parquet(rd.require("candidates", "ranked.parquet"))
-    slates = build_slates(cfg, ctx, ranked, by_source)
+def prepare_rerank(cfg: Config, rd: RunDir) -> dict[str, Any]:
+    """The segment pages (slates/fallback.parquet), once per night, before the shards."""
+    ctx = load_context(cfg, rd, "full", with_vectors=False, with_users=False)
     fallbacks = build_fallbacks(cfg, ctx)
     out = rd.path("slates")
     out.mkdir(parents=True, exist_ok=True)
-    write_slates(slates, fallbacks, out)
-    n_items = [sum(len(s["items"]) for s in secs) for secs in slates.values()]
+    segs = sorted(fallbacks)
+    write_part(pd.DataFrame({"segment": segs, "sections": [jsonio.dumps(fallbacks[s], compact=True) for s in segs]}),
+               out / "fallback.parquet")  # fmt: skip
+    return {"fallback_segments": len(fallbacks)}
+
+
+def run_rerank(cfg: Config, rd: RunDir, shard: int, n_shards: int) -> dict[str, Any]:
+    """Diversified, sectioned pages for one user shard: its parts of slates.parquet and
+    slate_items.parquet."""
+    ctx = load_context(cfg, rd, "full", shard=(shard, n_shards))
+    by_source = read_part(rd, n_shards, shard, "candidates", "by_source.parquet")
+    ranked = read_part(rd, n_shards, shard, "candidates", "ranked.parquet")
+    slates = build_slates(cfg, ctx, ranked, by_source)
+    pages, items = slate_frames(slates)
+    write_part(pages, part_path(rd, n_shards, shard, "slates", "slates.parquet"))
+    write_part(items, part_path(rd, n_shards, shard, "slates", "slate_items.parquet"))
+    return {"users": len(slates), "items": len(items), "sections": int(sum(len(v) for v in slates.values()))}
+
+
+def finish_rerank(cfg: Config, rd: RunDir, prepared: dict[str, Any], infos: list[dict[str, Any]]) -> dict[str, Any]:
+    users = sum(i["users"] for i in infos)
     info = {
-        "users": len(slates),
-        "fallback_segments": len(fallbacks),
-        "items_per_page_mean": round(float(np.mean(n_items)), 2) if n_items else 0.0,
-        "sections_per_page_mean": round(float(np.mean([len(v) for v in slates.values()])), 2) if slates else 0.0,
+        "users": users,
+        "fallback_segments": prepared["fallback_segments"],
+        "items_per_page_mean": round(sum(i["items"] for i in infos) / max(users, 1), 2),
+        "sections_per_page_mean": round(sum(i["sections"] for i in infos) / max(users, 1), 2),
         "method": cfg.rerank.method,
-        "seconds": round(time.time() - t0, 1),
     }
     log.info("rerank: %s", info)
     return info
@@ -397,24 +413,19 @@ def build_slates(
     return slates
 
 
-def write_slates(slates: dict[str, list[dict[str, Any]]], fallbacks: dict[str, list[dict[str, Any]]], out) -> None:  # type: ignore[no-untyped-def]
+def slate_frames(slates: dict[str, list[dict[str, Any]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """user -> sections as the two contract tables: slates (user_id, sections JSON: the
+    site's payload) and slate_items (one row per slot, in reading order)."""
     users = sorted(slates)
-    pd.DataFrame({"user_id": users, "sections": [jsonio.dumps(slates[u], compact=True) for u in users]}).to_parquet(
-        out / "slates.parquet", index=False
-    )
-    segs = sorted(fallbacks)
-    pd.DataFrame({"segment": segs, "sections": [jsonio.dumps(fallbacks[s], compact=True) for s in segs]}).to_parquet(
-        out / "fallback.parquet", index=False
-    )
+    pages = pd.DataFrame({"user_id": users, "sections": [jsonio.dumps(slates[u], compact=True) for u in users]})
     flat = [
         (u, sec["key"], pos, it["item_id"], it["score"], it["source"], it["reason"])
         for u in users
         for sec in slates[u]
         for pos, it in enumerate(sec["items"], 1)
     ]
-    pd.DataFrame(flat, columns=["user_id", "section", "position", "item_id", "score", "source", "reason"]).to_parquet(
-        out / "slate_items.parquet", index=False
-    )
+    items = pd.DataFrame(flat, columns=["user_id", "section", "position", "item_id", "score", "source", "reason"])
+    return pages, items
 
 
 def flatten(sections: list[dict[str, Any]]) -> list[str]:

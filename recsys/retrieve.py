@@ -19,7 +19,9 @@ import json
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,6 +33,7 @@ from recsys.device import faiss_available, faiss_num_gpus
 from recsys.features import Catalog, Sequences, load_catalog, load_sequences, split_cutoff
 from recsys.progress import Progress
 from recsys.rundir import RunDir
+from recsys.shards import part_path, write_part
 
 log = logging.getLogger(__name__)
 CANDIDATE_COLUMNS = ["user_id", "item_id", "score", "source", "source_rank", "anchor"]
@@ -177,27 +180,28 @@ class Context:
         return sorted(stats, key=lambda c: (stats[c][0], stats[c][1]), reverse=True)[:n]
 
 
-def load_context(cfg: Config, rd: RunDir, split: str, with_vectors: bool = True) -> Context:
+def load_context(
+    cfg: Config,
+    rd: RunDir,
+    split: str,
+    with_vectors: bool = True,
+    shard: tuple[int, int] | None = None,
+    with_users: bool = True,
+) -> Context:
+    """The split's context: item-side state (catalog, statistics, co-visitation, item
+    vectors) whole, user-side state (sequences, exclusions, user vectors) for shard
+    (i, n)'s users only, every user when shard is None, no user with with_users=False."""
+    from recsys.shards import NO_USERS, read_table
+
+    shard = NO_USERS if not with_users else shard
     catalog = load_catalog(rd.require("features", "catalog"))
     idx = catalog.index()
-    seqs = load_sequences(rd.require("features", split, "sequences"), idx, cfg.type_names())
+    seqs = load_sequences(rd.require("features", split, "sequences"), idx, cfg.type_names(), shard)
     stats = pq.read_table(rd.require("features", split, "item_stats")).to_pandas()
     stats.index = idx.get_indexer(stats["item_id"])
     stats = stats[stats.index >= 0].reindex(range(len(catalog.ids)))
     stats[["n_events", "pop_score", "trend_score"]] = stats[["n_events", "pop_score", "trend_score"]].fillna(0)
-    cov = pq.read_table(rd.require("features", split, "covisitation")).to_pandas()
-    cov["a"] = idx.get_indexer(cov["item_id"])
-    cov["b"] = idx.get_indexer(cov["neighbor_id"])
-    cov = cov[(cov.a >= 0) & (cov.b >= 0)].sort_values(["a", "rank"])
-    covis = {
-        int(a): (g["b"].to_numpy(np.int64), g["score"].to_numpy(np.float64)) for a, g in cov.groupby("a", sort=False)
-    }
-    exc = pq.read_table(rd.require("features", split, "exclusions")).to_pandas()
-    exc["row"] = idx.get_indexer(exc["item_id"])
-    excluded: dict[str, set[int]] = defaultdict(set)
-    for u, r in zip(exc["user_id"], exc["row"], strict=True):
-        if r >= 0:
-            excluded[u].add(int(r))
+    exc = read_table(rd.require("features", split, "exclusions"), shard).to_pandas()
     cutoff = split_cutoff(rd.require("features", split))
     ctx = Context(
         cfg=cfg,
@@ -206,20 +210,53 @@ def load_context(cfg: Config, rd: RunDir, split: str, with_vectors: bool = True)
         seqs=seqs,
         user_row={u: i for i, u in enumerate(seqs.user_ids)},
         item_stats=stats,
-        covis=covis,
-        excluded=dict(excluded),
+        covis=load_covisitation(rd.require("features", split, "covisitation"), idx),
+        excluded=_exclusions(exc, idx),
     )
     if with_vectors:
-        emb = rd.require("embeddings")
-        ctx.item_vecs = np.load(emb / "items.npy")
-        if (emb / "item_bias.npy").is_file():
-            ctx.item_bias = np.load(emb / "item_bias.npy")
-        if (emb / "scoring.json").is_file():
-            ctx.temperature = float(json.loads((emb / "scoring.json").read_text())["temperature"])
-        uv = np.load(emb / f"users_{split}.npy")
-        uids = pq.read_table(emb / f"users_{split}.parquet").column("user_id").to_pylist()
-        ctx.user_vecs = {u: uv[i] for i, u in enumerate(uids)}
+        _load_vectors(ctx, rd.require("embeddings"), split, every_user=shard is None)
     return ctx
+
+
+def load_covisitation(path: Path, idx: pd.Index) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """item row -> (neighbour rows [m] int64, scores [m] float64), best first."""
+    cov = pq.read_table(path).to_pandas()
+    a = idx.get_indexer(cov["item_id"])
+    b = idx.get_indexer(cov["neighbor_id"])
+    ok = (a >= 0) & (b >= 0)
+    a, b, sc, rk = a[ok], b[ok], cov["score"].to_numpy(np.float64)[ok], cov["rank"].to_numpy()[ok]
+    o = np.lexsort((rk, a))
+    a, b, sc = a[o], b[o], sc[o]
+    starts = np.flatnonzero(np.r_[True, a[1:] != a[:-1]]) if len(a) else np.zeros(0, dtype=np.int64)
+    ends = np.r_[starts[1:], len(a)]
+    return {int(a[s]): (b[s:e].astype(np.int64), sc[s:e]) for s, e in zip(starts, ends, strict=True)}
+
+
+def _exclusions(exc: pd.DataFrame, idx: pd.Index) -> dict[str, set[int]]:
+    rows = idx.get_indexer(exc["item_id"])
+    excluded: dict[str, set[int]] = defaultdict(set)
+    for u, r in zip(exc["user_id"].to_numpy(), rows, strict=True):
+        if r >= 0:
+            excluded[u].add(int(r))
+    return dict(excluded)
+
+
+def _load_vectors(ctx: Context, emb: Path, split: str, every_user: bool) -> None:
+    ctx.item_vecs = np.load(emb / "items.npy")
+    if (emb / "item_bias.npy").is_file():
+        ctx.item_bias = np.load(emb / "item_bias.npy")
+    if (emb / "scoring.json").is_file():
+        ctx.temperature = float(json.loads((emb / "scoring.json").read_text())["temperature"])
+    # Memory-mapped: a shard copies out only its users' rows.
+    uv = np.load(emb / f"users_{split}.npy", mmap_mode="r")  # [U_all, d]
+    uids = pq.read_table(emb / f"users_{split}.parquet").column("user_id").to_numpy(zero_copy_only=False)
+    if every_user:
+        ctx.user_vecs = {u: uv[i] for i, u in enumerate(uids)}
+        return
+    pos = pd.Index(uids).get_indexer(ctx.seqs.user_ids)
+    have = pos >= 0
+    vecs = np.asarray(uv[pos[have]])  # [U_shard, d]
+    ctx.user_vecs = {u: vecs[j] for j, u in enumerate(ctx.seqs.user_ids[have])}
 
 
 # ---- sources -------------------------------------------------------------------------
@@ -234,33 +271,69 @@ class CandidateSource(Protocol):
         ...
 
 
-def _frame(rows: list[tuple[str, int, float, str]], ctx: Context, source: str) -> pd.DataFrame:
-    """(user_id, catalog row, score, anchor) rows -> CandidateFrame with ranks."""
-    if not rows:
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
-            CANDIDATE_COLUMNS, [object, object, float, object, np.int64, object], strict=True)})  # fmt: skip
-    df = pd.DataFrame(rows, columns=["user_id", "row", "score", "anchor"])
-    df["item_id"] = ctx.catalog.ids[df["row"].to_numpy()]
-    df["source"] = source
-    df = df.sort_values(["user_id", "score", "item_id"], ascending=[True, False, True], kind="stable")
-    df["source_rank"] = df.groupby("user_id").cumcount().astype(np.int64) + 1
-    return df[CANDIDATE_COLUMNS].reset_index(drop=True)
+def _empty_frame() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
+        CANDIDATE_COLUMNS, [object, object, float, object, np.int64, object], strict=True)})  # fmt: skip
 
 
-def _take(user: str, ranked_rows: np.ndarray, scores: np.ndarray, ctx: Context, k: int,
-          anchor: str | list[str] = "") -> list[tuple[str, int, float, str]]:  # fmt: skip
-    """First k rows that are servable and not blocked for the user (anchor: one for
-    all rows, or one per row)."""
-    blocked = ctx.blocked(user)
-    out = []
-    for j, (r, s) in enumerate(zip(ranked_rows, scores, strict=True)):
-        r = int(r)
-        if r < 0 or r in blocked or not ctx.servable[r]:
-            continue
-        out.append((user, r, float(s), anchor if isinstance(anchor, str) else anchor[j]))
-        if len(out) >= k:
-            break
-    return out
+def blocked_mask(ctx: Context, users: list[str], rows: np.ndarray) -> np.ndarray:
+    """rows [b, m] catalog rows proposed to users [b] -> [b, m] bool: not showable (no
+    row, not servable, or excluded for that user). One isin over (user, row) keys."""
+    n = len(ctx.catalog.ids)
+    bad = (rows < 0) | ~ctx.servable[np.maximum(rows, 0)]
+    lists = [np.fromiter(ctx.blocked(u), dtype=np.int64) for u in users]
+    sizes = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+    if sizes.sum():
+        keys = np.repeat(np.arange(len(users), dtype=np.int64), sizes) * n + np.concatenate(lists)
+        bad |= np.isin(np.arange(len(users), dtype=np.int64)[:, None] * n + rows, keys)
+    return bad
+
+
+def top_k_rows(
+    ctx: Context, users: list[str], rows: np.ndarray, scores: np.ndarray, k: int, source: str,
+    anchors: np.ndarray | None = None,
+) -> pd.DataFrame:  # fmt: skip
+    """Per user (row of rows / scores [b, m]) the k best showable rows, ties by catalog
+    row (= item id order), as a CandidateFrame. Vectorised: argpartition + lexsort."""
+    if not len(users) or rows.shape[1] == 0:
+        return _empty_frame()
+    s = np.where(blocked_mask(ctx, users, rows), -np.inf, scores.astype(np.float64))
+    m = s.shape[1]
+    kk = min(k, m)
+    if kk < m:
+        part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]  # [b, kk] unordered best
+    else:
+        part = np.broadcast_to(np.arange(m), s.shape)
+    r = np.take_along_axis(rows, part, 1)
+    v = np.take_along_axis(s, part, 1)
+    o = np.lexsort((r, -v), axis=1)  # by score, then row
+    r, v, part = (np.take_along_axis(x, o, 1) for x in (r, v, part))
+    ok = np.isfinite(v)
+    ranks = np.cumsum(ok, axis=1)
+    uidx = np.broadcast_to(np.arange(len(users))[:, None], ok.shape)[ok]
+    a = np.take_along_axis(anchors, part, 1)[ok] if anchors is not None else np.full(ok.sum(), "", dtype=object)
+    return pd.DataFrame({
+        "user_id": np.asarray(users, dtype=object)[uidx], "item_id": ctx.catalog.ids[r[ok]], "score": v[ok],
+        "source": source, "source_rank": ranks[ok].astype(np.int64), "anchor": a,
+    })[CANDIDATE_COLUMNS]  # fmt: skip
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else _empty_frame()
+
+
+def _batches(users: list[str], size: int, what: str) -> Iterator[list[str]]:
+    bar = Progress(len(users), f"retrieve: {what}", "users")
+    for i in range(0, len(users), size):
+        yield users[i : i + size]
+        bar.update(len(users[i : i + size]))
+    bar.close()
+
+
+def _max_blocked(ctx: Context, users: list[str]) -> int:
+    # Over-fetch by the batch's largest exclusion list so k survive filtering.
+    return min(max((len(ctx.blocked(u)) for u in users), default=0), 2000)
 
 
 class TwoTowerSource:
@@ -278,23 +351,22 @@ class TwoTowerSource:
         ctx = self.ctx
         have = [u for u in users if u in ctx.user_vecs]
         if not have:
-            return _frame([], ctx, self.name)
+            return _empty_frame()
         index, index_rows = ctx.index()
-        rows: list[tuple[str, int, float, str]] = []
-        bs = ctx.cfg.retrieve.query_batch_size
-        bar = Progress(len(have), f"retrieve: {self.name}", "users")
-        for i in range(0, len(have), bs):
-            batch = have[i : i + bs]
-            bar.update(len(batch))
-            q = ctx.scoring_users(batch)  # [b, d+1]
-            # Over-fetch by the batch's largest exclusion list so k survive filtering.
-            extra = min(max((len(ctx.blocked(u)) for u in batch), default=0), 2000)
-            scores, found = index.search(q, k + extra)  # [b, k+extra]
-            for j, u in enumerate(batch):
-                ok = found[j] >= 0
-                rows.extend(_take(u, index_rows[found[j][ok]], scores[j][ok], ctx, k))
-        bar.close()
-        return _frame(rows, ctx, self.name)
+        return search_index(ctx, index, index_rows, have, k, self.name)
+
+
+def search_index(ctx: Context, index: VectorIndex, index_rows: np.ndarray, users: list[str], k: int,
+                 source: str) -> pd.DataFrame:  # fmt: skip
+    """Top k showable items per user by the model score, through a vector index over
+    index_rows (catalog rows [M]): batched queries, over-fetched by the batch's
+    largest exclusion list."""
+    frames = []
+    for batch in _batches(users, ctx.cfg.retrieve.query_batch_size, source):
+        scores, found = index.search(ctx.scoring_users(batch), k + _max_blocked(ctx, batch))  # [b, k+extra]
+        rows = np.where(found >= 0, index_rows[np.maximum(found, 0)], -1)
+        frames.append(top_k_rows(ctx, batch, rows, scores, k, source))
+    return _concat(frames)
 
 
 class CovisitationSource:
@@ -309,36 +381,62 @@ class CovisitationSource:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        # CSR over item rows: neighbours of item a are nbr[off[a]:off[a+1]], best first.
+        n = len(ctx.catalog.ids)
+        lens = np.zeros(n, dtype=np.int64)
+        for a, (b, _s) in ctx.covis.items():
+            lens[a] = len(b)
+        self.off = np.r_[0, np.cumsum(lens)]
+        keys = sorted(ctx.covis)
+        self.nbr = np.concatenate([ctx.covis[a][0] for a in keys]) if keys else np.zeros(0, np.int64)
+        self.val = np.concatenate([ctx.covis[a][1] for a in keys]) if keys else np.zeros(0)
 
-    def generate(self, users: list[str], k: int) -> pd.DataFrame:
+    def anchors(self, users: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each user's last covis_anchors distinct items, most recent first:
+        (user position [A], anchor row [A], recency j [A] = 0 for the latest)."""
         ctx = self.ctx
         n_anchors = ctx.cfg.retrieve.covis_anchors
-        rows: list[tuple[str, int, float, str]] = []
-        for u in users:
-            h = ctx.history(u)
-            if not len(h):
-                continue
-            score: dict[int, float] = defaultdict(float)
-            best_anchor: dict[int, tuple[float, int]] = {}
-            anchors = list(dict.fromkeys(h[::-1].tolist()))[:n_anchors]  # most recent first
-            for j, a in enumerate(anchors):
-                nb = ctx.covis.get(a)
-                if nb is None:
-                    continue
-                decay = 1.0 / (1.0 + j)
-                for b, s in zip(nb[0], nb[1], strict=True):
-                    contrib = float(s) * decay
-                    score[int(b)] += contrib
-                    if contrib > best_anchor.get(int(b), (-1.0, 0))[0]:
-                        best_anchor[int(b)] = (contrib, a)
-            if not score:
-                continue
-            items = np.array(list(score.keys()), dtype=np.int64)
-            vals = np.array(list(score.values()))
-            order = np.lexsort((items, -vals))
-            anchor_ids = [str(ctx.catalog.ids[best_anchor[int(r)][1]]) for r in items[order]]
-            rows.extend(_take(u, items[order], vals[order], ctx, k, anchor_ids))
-        return _frame(rows, ctx, self.name)
+        u_pos, a_row, a_j = [], [], []
+        for p, u in enumerate(users):
+            h = ctx.history(u)[-4 * n_anchors - 16 :][::-1]  # recent tail is enough
+            _, first = np.unique(h, return_index=True)
+            a = h[np.sort(first)][:n_anchors]
+            u_pos.append(np.full(len(a), p))
+            a_row.append(a)
+            a_j.append(np.arange(len(a)))
+        cat = np.concatenate
+        return cat(u_pos).astype(np.int64), cat(a_row).astype(np.int64), cat(a_j).astype(np.int64)
+
+    def generate(self, users: list[str], k: int) -> pd.DataFrame:
+        frames = []
+        for batch in _batches(users, 20_000, self.name):
+            frames.append(self._batch(batch, k))
+        return _concat(frames)
+
+    def _batch(self, users: list[str], k: int) -> pd.DataFrame:
+        ctx = self.ctx
+        up, ar, aj = self.anchors(users)
+        if not len(up):
+            return _empty_frame()
+        cnt = self.off[ar + 1] - self.off[ar]  # [A] neighbours per anchor
+        src = np.repeat(np.arange(len(ar)), cnt)  # [P] anchor index of each pair
+        pos = np.arange(cnt.sum()) - np.repeat(np.r_[0, np.cumsum(cnt)[:-1]], cnt) + self.off[ar][src]
+        df = pd.DataFrame({"u": up[src], "b": self.nbr[pos], "contrib": self.val[pos] / (1.0 + aj[src]),
+                           "a": ar[src]})  # fmt: skip
+        # Per (user, item): summed score, and the anchor that contributed most.
+        df = df.sort_values(["u", "b", "contrib"], ascending=[True, True, False], kind="stable")
+        g = df.groupby(["u", "b"], sort=False)
+        agg = pd.DataFrame({"score": g["contrib"].sum(), "a": g["a"].first()}).reset_index()
+        agg = agg[~blocked_mask(ctx, [users[i] for i in agg["u"]], agg["b"].to_numpy()[:, None])[:, 0]]
+        agg = agg.sort_values(["u", "score", "b"], ascending=[True, False, True], kind="stable")
+        agg["rank"] = agg.groupby("u").cumcount() + 1
+        agg = agg[agg["rank"] <= k]
+        return pd.DataFrame({
+            "user_id": np.asarray(users, dtype=object)[agg["u"].to_numpy()],
+            "item_id": ctx.catalog.ids[agg["b"].to_numpy()], "score": agg["score"].to_numpy(),
+            "source": self.name, "source_rank": agg["rank"].to_numpy(np.int64),
+            "anchor": ctx.catalog.ids[agg["a"].to_numpy()],
+        })[CANDIDATE_COLUMNS]  # fmt: skip
 
 
 class PopularitySource:
@@ -355,13 +453,37 @@ class PopularitySource:
         self.ctx = ctx
         pop = ctx.item_stats["pop_score"].to_numpy(np.float64)
         self.order = np.lexsort((np.arange(len(pop)), -pop))
+        self.order = self.order[ctx.servable[self.order]]
         self.scores = pop[self.order]
 
     def generate(self, users: list[str], k: int) -> pd.DataFrame:
-        rows: list[tuple[str, int, float, str]] = []
-        for u in users:
-            rows.extend(_take(u, self.order, self.scores, self.ctx, k))
-        return _frame(rows, self.ctx, self.name)
+        frames = []
+        for batch in _batches(users, 20_000, self.name):
+            m = min(len(self.order), k + _max_blocked(self.ctx, batch))
+            rows = np.broadcast_to(self.order[:m], (len(batch), m))
+            frames.append(top_k_rows(self.ctx, batch, rows, np.broadcast_to(self.scores[:m], rows.shape), k, self.name))
+        return _concat(frames)
+
+
+def top_categories(ctx: Context, users: list[str], n: int = 2) -> pd.DataFrame:
+    """Each user's n most frequent categories over their last model.max_seq_len items,
+    ties by recency: user position u, category c, in order (vectorised user_top_categories)."""
+    rows = [ctx.user_row[u] for u in users if u in ctx.user_row]
+    pos = [p for p, u in enumerate(users) if u in ctx.user_row]
+    if not rows:
+        return pd.DataFrame({"u": [], "c": []})
+    L = ctx.cfg.model.max_seq_len
+    off = ctx.seqs.offsets
+    a = np.maximum(off[np.array(rows)], off[np.array(rows) + 1] - L)
+    b = off[np.array(rows) + 1]
+    cnt = b - a
+    flat = np.arange(cnt.sum()) - np.repeat(np.r_[0, np.cumsum(cnt)[:-1]], cnt) + np.repeat(a, cnt)
+    df = pd.DataFrame({"u": np.repeat(pos, cnt), "c": ctx.catalog.category[ctx.seqs.items[flat]],
+                       "t": np.arange(len(flat))})  # fmt: skip
+    df = df[df["c"] != ""]
+    g = df.groupby(["u", "c"], sort=False)["t"].agg(["size", "max"]).reset_index()
+    g = g.sort_values(["u", "size", "max"], ascending=[True, False, False])
+    return g[g.groupby("u").cumcount() < n][["u", "c"]]
 
 
 class TrendingSource:
@@ -381,20 +503,32 @@ class TrendingSource:
         self.by_cat: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         cats = ctx.catalog.category
         for c in np.unique(cats):
-            rows = np.flatnonzero((cats == c) & (trend > 0))
+            rows = np.flatnonzero((cats == c) & (trend > 0) & ctx.servable)
             o = rows[np.lexsort((rows, -trend[rows]))]
             self.by_cat[str(c)] = (o, trend[o])
 
     def generate(self, users: list[str], k: int) -> pd.DataFrame:
-        rows: list[tuple[str, int, float, str]] = []
-        for u in users:
-            for c in self.ctx.user_top_categories(u, 2):
-                if c in self.by_cat:
-                    o, s = self.by_cat[c]
-                    rows.extend(_take(u, o, s, self.ctx, k, c))
-            # keep at most k per user, best first (two categories may both fill k)
-        df = _frame(rows, self.ctx, self.name)
+        frames = []
+        for batch in _batches(users, 20_000, self.name):
+            frames.append(self._batch(batch, k))
+        df = _concat(frames)
+        # Two categories may both fill k: keep the best k per user.
+        df = df.sort_values(["user_id", "score", "item_id"], ascending=[True, False, True], kind="stable")
+        df["source_rank"] = df.groupby("user_id").cumcount().astype(np.int64) + 1
         return df[df["source_rank"] <= k].reset_index(drop=True)
+
+    def _batch(self, users: list[str], k: int) -> pd.DataFrame:
+        frames = []
+        for c, g in top_categories(self.ctx, users).groupby("c", sort=True):
+            if c not in self.by_cat:
+                continue
+            group = [users[i] for i in g["u"]]
+            o, s = self.by_cat[c]
+            m = min(len(o), k + _max_blocked(self.ctx, group))
+            rows = np.broadcast_to(o[:m], (len(group), m))
+            anchors = np.full(rows.shape, c, dtype=object)
+            frames.append(top_k_rows(self.ctx, group, rows, np.broadcast_to(s[:m], rows.shape), k, self.name, anchors))
+        return _concat(frames)
 
 
 class NewArrivalsSource:
@@ -417,18 +551,14 @@ class NewArrivalsSource:
 
     def generate(self, users: list[str], k: int) -> pd.DataFrame:
         ctx = self.ctx
-        rows: list[tuple[str, int, float, str]] = []
-        if not len(self.rows) or ctx.item_vecs is None:
-            return _frame(rows, ctx, self.name)
-        vecs = ctx.scoring_items(self.rows)  # [M, d+1]
         have = [u for u in users if u in ctx.user_vecs]
-        for i in range(0, len(have), 4096):
-            batch = have[i : i + 4096]
-            s = ctx.scoring_users(batch) @ vecs.T  # [b, M]
-            for j, u in enumerate(batch):
-                o = np.argsort(-s[j], kind="stable")
-                rows.extend(_take(u, self.rows[o], s[j][o], ctx, k))
-        return _frame(rows, ctx, self.name)
+        if not len(self.rows) or ctx.item_vecs is None or not have:
+            return _empty_frame()
+        # The same exact inner-product search as two_tower, over the new items only
+        # (faiss selects the top k in C++; a dense [users, M] sort is what cost 1,031 s
+        # for 170k users when every item was new).
+        index = build_index(ctx.scoring_items(self.rows), ctx.cfg.retrieve)
+        return search_index(ctx, index, self.rows, have, k, self.name)
 
 
 # The source registry: a new candidate source is one class here (name, reason, generate)
@@ -480,24 +610,35 @@ def generate_all(ctx: Context, users: list[str], k: int | None = None) -> pd.Dat
     return pd.concat(frames, ignore_index=True)
 
 
-def run_retrieve(cfg: Config, rd: RunDir) -> dict[str, Any]:
-    """Serving candidates of every source for every user with history:
+def run_retrieve(cfg: Config, rd: RunDir, shard: int, n_shards: int) -> dict[str, Any]:
+    """Serving candidates of every source for one user shard: its part of
     candidates/by_source.parquet (the rank stage orders them into ranked.parquet)."""
     t0 = time.time()
-    ctx = load_context(cfg, rd, "full")
+    ctx = load_context(cfg, rd, "full", shard=(shard, n_shards))
     users = sorted(ctx.user_row)
     cands = generate_all(ctx, users)
-    out = rd.path("candidates")
-    out.mkdir(parents=True, exist_ok=True)
-    cands.to_parquet(out / "by_source.parquet", index=False)
-    index, _ = ctx.index()
+    write_part(cands, part_path(rd, n_shards, shard, "candidates", "by_source.parquet"))
     info = {
         "users": len(users),
         "candidates": len(cands),
-        "by_source": cands.groupby("source").size().to_dict(),
-        "index_backend": index.backend,
-        "users_per_s": round(len(users) / max(time.time() - t0, 1e-9), 1),
-        "seconds": round(time.time() - t0, 1),
+        "by_source": {k: int(v) for k, v in cands.groupby("source").size().items()},
+        "index_backend": ctx.index()[0].backend if ctx.item_vecs is not None else "none",
     }
-    log.info("retrieve: %s", info)
+    log.info("retrieve: shard %d: %d users, %d candidates in %.1fs", shard, len(users), len(cands), time.time() - t0)
     return info
+
+
+def finish_retrieve(cfg: Config, rd: RunDir, prepared: dict[str, Any], infos: list[dict[str, Any]]) -> dict[str, Any]:
+    by_source: dict[str, int] = defaultdict(int)
+    for i in infos:
+        for k, v in i["by_source"].items():
+            by_source[k] += v
+    users = sum(i["users"] for i in infos)
+    busy = sum(i["seconds"] for i in infos)
+    return {
+        "users": users,
+        "candidates": sum(i["candidates"] for i in infos),
+        "by_source": dict(by_source),
+        "index_backend": infos[0]["index_backend"],
+        "users_per_s_per_worker": round(users / max(busy, 1e-9), 1),
+    }

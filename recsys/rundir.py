@@ -72,9 +72,11 @@ class RunDir:
         self.root = self.staging if self.staging.exists() else self.final
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self, shared: bool = False) -> Iterator[None]:
         """Exclusive, non-blocking: a second writer fails at once with a clear error
-        instead of deleting or mixing the first one's files."""
+        instead of deleting or mixing the first one's files. shared: the shard tasks of
+        one stage, which write disjoint files, hold it together (and exclude a whole-run
+        writer)."""
         path = str(self.parent / f".{self.run_id}.lock")
         if path in _HELD:
             f, depth = _HELD[path]
@@ -83,7 +85,7 @@ class RunDir:
             self.parent.mkdir(parents=True, exist_ok=True)
             f = open(path, "a+")  # noqa: SIM115 - held across the with block
             try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except BlockingIOError:
                 f.seek(0)
                 holder = f.read().strip() or "unknown"
@@ -92,10 +94,11 @@ class RunDir:
                     f"run {self.date}/{self.run_id} is being written by another process ({holder}); "
                     f"wait for it or stop it (lock file {path})"
                 ) from None
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()} on {platform.node()}")
-            f.flush()
+            if not shared:
+                f.seek(0)
+                f.truncate()
+                f.write(f"pid {os.getpid()} on {platform.node()}")
+                f.flush()
             _HELD[path] = (f, 1)
         try:
             yield
@@ -140,9 +143,12 @@ class RunDir:
         with its gate result, publish refuses slates that changed since (item 8)."""
         h = hashlib.sha256()
         for name in ("slates.parquet", "fallback.parquet"):
-            with open(self.require("slates", name), "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
+            path = self.require("slates", name)
+            for part in sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]:
+                h.update(part.name.encode())
+                with open(part, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
         return h.hexdigest()
 
     def path(self, *parts: str) -> Path:

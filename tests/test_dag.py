@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from recsys.pipeline import STAGES
+from recsys.pipeline import SHARDED, STAGES
 from tests.conftest import ROOT, RUN_DATE, tiny_overrides
 
 pytestmark = pytest.mark.airflow
@@ -39,6 +39,7 @@ def test_dagbag_imports_without_errors(tmp_path):
                           "deadline": [str(getattr(d.callback, "path", d.callback)) for d in dag.deadline] if dag else None,
                           "on_failure": [getattr(c, "__name__", "") for c in
                                          (dag.get_task("publish").on_failure_callback or [])] if dag else None,
+                          "mapped": sorted(t.task_id for t in dag.tasks if "Mapped" in type(t).__name__),
                           "schedule": str(dag.schedule) if dag else None}}))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_airflow_env(tmp_path),
@@ -47,7 +48,11 @@ def test_dagbag_imports_without_errors(tmp_path):
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["errors"] == {}
     # the DAG takes its stage list from recsys.pipeline, so the two cannot drift
-    assert res["tasks"] == STAGES
+    expected = []
+    for s in STAGES:  # a sharded stage: decide the shards, one mapped task per shard, merge
+        expected += [f"{s}_shards", s, f"{s}_done"] if s in SHARDED else [s]
+    assert res["tasks"] == expected
+    assert res["mapped"] == sorted(SHARDED) == ["rank", "rerank", "retrieve"]
     assert STAGES == ["validate", "aggregate", "train", "embed", "retrieve", "rank", "rerank", "evaluate", "publish"]
     assert res["retries"] == 2 and res["schedule"] == "0 2 * * *"
     # issue 9: alerts on failure and when the homepage is not published by its deadline
@@ -66,7 +71,8 @@ def test_dag_test_runs_the_whole_night(tmp_path, tiny_data):
     import yaml
 
     deploy = tmp_path / "deploy.yaml"
-    deploy.write_text(yaml.safe_dump(tiny_overrides(tiny_data, tmp_path / "work")))
+    # Two user shards: retrieve, rank and rerank each run as two mapped task instances.
+    deploy.write_text(yaml.safe_dump({**tiny_overrides(tiny_data, tmp_path / "work"), "scale": {"shards": 2}}))
     env["RECSYS_CONFIG"] = str(deploy)
     # dag.test() runs without the scheduler's serialized DAG, so the deadline alert has no
     # deadline_alert row to look up and the run fails; the alert is checked at parse time
@@ -87,3 +93,6 @@ def test_dag_test_runs_the_whole_night(tmp_path, tiny_data):
     assert "STATE success" in out.stdout, (out.stdout[-3000:], out.stderr[-5000:])
     manifest = json.loads((tmp_path / "work" / "runs" / str(RUN_DATE) / "main" / "manifest.json").read_text())
     assert manifest["stages"]["publish"]["status"] == "ok" and manifest["stages"]["publish"]["switched"]
+    assert all(manifest["stages"][s]["shards"] == 2 for s in SHARDED)
+    tasks = json.loads(out.stdout.split("TASKS", 1)[1].strip().splitlines()[0])
+    assert set(tasks.values()) == {"success"} and len(tasks) == len(STAGES) + 2 * len(SHARDED)

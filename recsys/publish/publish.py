@@ -10,7 +10,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from recsys import faults
+from recsys import faults, shards
 from recsys.config import Config
 from recsys.publish import db
 from recsys.rundir import RunDir
@@ -19,10 +19,11 @@ log = logging.getLogger(__name__)
 
 
 def _rows(path, key: str) -> Iterator[tuple[str, str]]:  # type: ignore[no-untyped-def]
-    # Stream the parquet in batches: a run of millions of users never sits in memory twice.
-    pf = pq.ParquetFile(path)
-    for batch in pf.iter_batches(batch_size=50_000, columns=[key, "sections"]):
-        yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True)
+    # Stream the parquet (or its shard parts) in batches: a run of millions of users
+    # never sits in memory twice.
+    for f in shards.part_files(path):
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=50_000, columns=[key, "sections"]):
+            yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True)
 
 
 def run_publish(cfg: Config, rd: RunDir) -> dict[str, Any]:
@@ -39,8 +40,8 @@ def run_publish(cfg: Config, rd: RunDir) -> dict[str, Any]:
             "fingerprints); re-run evaluate before publishing"
         )
     expected = {
-        "users": pq.ParquetFile(slates).metadata.num_rows,
-        "segments": pq.ParquetFile(fallback).metadata.num_rows,
+        "users": shards.num_rows(slates),
+        "segments": shards.num_rows(fallback),
     }
     manifest = rd.read_manifest()
     slim_metrics = {k: metrics.get(k) for k in ("methods", "gate", "users_evaluated", "holdout_days")}

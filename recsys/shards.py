@@ -1,0 +1,147 @@
+"""User shards: which users a shard holds, where its part files live, how many there are.
+
+A user's shard is a stable hash of the user id (pandas' SipHash with a fixed key: the
+same on every machine, Python version and night), modulo the run's shard count. The
+count is fixed once per run, by the first sharded stage, in `<run>/shards.json`; every
+later stage and every worker reads it from there, so a retried shard or a shard on
+another machine can never disagree about who is in it.
+
+Part files. A run with one shard writes the contract files as before
+(`candidates/by_source.parquet` is a file). A run with n > 1 shards writes each of them
+as a directory of parts, `candidates/by_source.parquet/part-00003.parquet`, the layout
+Spark, pyarrow, pandas and DuckDB all read as one table (`pd.read_parquet(path)`).
+Numpy/pyarrow only: imported by the DAG's mapped tasks and by every shard worker.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recsys.config import Config
+from recsys.rundir import RunDir
+
+PLAN_FILE = "shards.json"
+# A shard no user falls in (read_table returns the schema and no row): item-side work.
+NO_USERS = (-1, 2)
+
+
+def shard_of(user_ids: Any, n_shards: int) -> np.ndarray:
+    """[n] user ids -> [n] int64 shard in 0..n_shards-1 (stable across machines and runs)."""
+    ids = np.asarray(user_ids, dtype=object)
+    if n_shards <= 1:
+        return np.zeros(len(ids), dtype=np.int64)
+    h = pd.util.hash_array(ids, categorize=False)  # uint64, fixed hash key
+    return (h % np.uint64(n_shards)).astype(np.int64)
+
+
+def shard_count(cfg: Config, n_users: int) -> int:
+    if cfg.scale.shards:
+        return cfg.scale.shards
+    return max(1, math.ceil(n_users / cfg.scale.users_per_shard))
+
+
+def plan(cfg: Config, rd: RunDir) -> list[int]:
+    """The run's shard list: read from shards.json, else decided from the serving users'
+    count (rows of features/full/sequences) and recorded."""
+    path = rd.path(PLAN_FILE)
+    if path.is_file():
+        return list(range(json.loads(path.read_text())["shards"]))
+    seq = rd.require("features", "full", "sequences")
+    users = sum(pq.ParquetFile(f).metadata.num_rows for f in (sorted(seq.glob("*.parquet")) if seq.is_dir() else [seq]))
+    n = shard_count(cfg, users)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"shards": n, "users": users}))
+    os.replace(tmp, path)
+    return list(range(n))
+
+
+def n_shards(rd: RunDir) -> int:
+    path = rd.require(PLAN_FILE)
+    return int(json.loads(path.read_text())["shards"])
+
+
+def part_path(rd: RunDir, n: int, shard: int, *parts: str) -> Path:
+    """Where shard writes the contract file rd.path(*parts): the file itself with one
+    shard, else part-<shard>.parquet inside a directory of that name."""
+    base = rd.path(*parts)
+    if n <= 1:
+        base.parent.mkdir(parents=True, exist_ok=True)
+        return base
+    base.mkdir(parents=True, exist_ok=True)
+    return base / f"part-{shard:05d}.parquet"
+
+
+def write_part(df: pd.DataFrame, path: Path) -> None:
+    """Atomic: a retried or killed shard never leaves half a part file behind."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def read_part(rd: RunDir, n: int, shard: int, *parts: str, columns: list[str] | None = None) -> pd.DataFrame:
+    path = rd.path(*parts)
+    if n > 1:
+        path = path / f"part-{shard:05d}.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: run the earlier stage for shard {shard} first")
+    return pq.read_table(path, columns=columns).to_pandas()
+
+
+def part_files(path: Path) -> list[Path]:
+    """The parquet files of a contract file: itself, or its parts in shard order."""
+    if path.is_dir():
+        return sorted(path.glob("part-*.parquet"))
+    return [path]
+
+
+def num_rows(path: Path) -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in part_files(path))
+
+
+def write_info(rd: RunDir, stage: str, shard: int, info: dict[str, Any]) -> None:
+    d = rd.path("shards", stage)
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{shard:05d}.json.tmp"
+    tmp.write_text(json.dumps(info, default=str))
+    os.replace(tmp, d / f"{shard:05d}.json")
+
+
+def read_infos(rd: RunDir, stage: str, n: int) -> list[dict[str, Any]]:
+    """Every shard's info for stage; a missing shard is an error naming it."""
+    d = rd.path("shards", stage)
+    missing = [i for i in range(n) if not (d / f"{i:05d}.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{stage}: shards {missing[:10]} of {n} have not finished (no {d}/<shard>.json)")
+    return [json.loads((d / f"{i:05d}.json").read_text()) for i in range(n)]
+
+
+def workers(cfg: Config, n: int) -> int:
+    return max(1, min(n, cfg.scale.workers or os.cpu_count() or 1))
+
+
+def read_table(path: Path, shard: tuple[int, int] | None, key: str = "user_id",
+               columns: list[str] | None = None) -> pa.Table:  # fmt: skip
+    """The rows of a parquet file (or directory) whose key falls in shard (i, n); None
+    = every row. Streams record batches, so only the shard's rows are ever held."""
+    if shard is None or shard[1] <= 1:
+        return pq.read_table(path, columns=columns)
+    i, n = shard
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    parts = []
+    for f in files:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=262_144, columns=columns):
+            keys = batch.column(key).to_numpy(zero_copy_only=False)
+            parts.append(batch.filter(pa.array(shard_of(keys, n) == i)))
+    schema = pq.read_schema(files[0]) if files else None
+    if columns and schema is not None:
+        schema = pa.schema([schema.field(c) for c in columns])
+    return pa.Table.from_batches(parts, schema=schema)
