@@ -15,6 +15,7 @@ table for docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -47,10 +48,8 @@ ROWS = {
 def tree_rss(p: psutil.Process) -> int:
     total = 0
     for q in [p, *p.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += q.memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 
