@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from recsys import jsonio
 from recsys.contract import (
@@ -106,8 +106,11 @@ def validate_events(
     window_start: dt.date | None = None,
     id_pattern: str = r"[^\s\x00-\x1f\x7f\x{fffd}]+",
     id_max_length: int = 256,
-) -> tuple[DataFrame, DataFrame]:
-    """Split raw events into (clean typed rows, quarantined raw rows with `reason`).
+    annotated: bool = False,
+) -> Any:
+    """Split raw events into (clean typed rows, quarantined raw rows with `reason`);
+    annotated=True: the one frame of every row with its `reason` (null = clean), which
+    split_annotated splits (the caller persists it so both outputs come from one pass).
 
     Ids are trimmed first. Reasons, first match wins: unparseable_row, missing_<field>,
     bad_user_id / bad_item_id (id rule: id_pattern, id_max_length), bad_timestamp,
@@ -164,6 +167,13 @@ def validate_events(
     df = df.withColumn(
         "reason", F.when(ok & F.col("_bot").isNotNull(), F.lit("bot_like_user")).otherwise(F.col("reason"))
     )
+    return df if annotated else split_annotated(df)
+
+
+def split_annotated(df: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """Events annotated with `reason` -> (clean typed rows, quarantined raw rows)."""
+    from pyspark.sql import functions as F
+
     clean = df.where(F.col("reason").isNull()).select(
         F.col("_user").alias("user_id"),
         F.col("_item").alias("item_id"),
@@ -406,6 +416,8 @@ def _write(df: DataFrame, path: str, files: int = 1) -> None:
 
 def run_validate(cfg: Config, rd: RunDir) -> dict[str, object]:
     """Read the input contract for run_date, write validated/ and quarantine/."""
+    from pyspark import StorageLevel
+
     from recsys.spark import get_spark
 
     t0 = time.time()
@@ -431,13 +443,19 @@ def run_validate(cfg: Config, rd: RunDir) -> dict[str, object]:
         raise InputError(f"catalog partition {cat_part.path} holds no valid item")
     raw_events = read_raw(spark, ev_parts, EVENT_COLUMNS)
     require_rows(raw_events, ev_parts[-1], ev.min_rows_last_partition)
-    clean, quarantine = validate_events(
+    annotated = validate_events(
         raw_events, cat_clean, run_date, sorted(ev.weights), ev.bot_max_events_per_day,
-        event_window(run_date, ev.lookback_days)[0], ev.id_pattern, ev.id_max_length,
+        event_window(run_date, ev.lookback_days)[0], ev.id_pattern, ev.id_max_length, annotated=True,
     )  # fmt: skip
+    # One pass over the raw files: the two outputs read the annotated rows from the
+    # cache (spilled to disk past memory) instead of re-running parse, dedup window and
+    # bot join for each (measured in docs/benchmarks.md, "Spark vs DuckDB").
+    annotated = annotated.persist(StorageLevel.MEMORY_AND_DISK)
+    clean, quarantine = split_annotated(annotated)
     n_files = max(1, cfg.spark.shuffle_partitions // 2)
     _write(clean, str(rd.path("validated", "events")), n_files)
     _write(quarantine, str(rd.path("quarantine", "events")))
+    annotated.unpersist()
 
     def reasons(path: str) -> dict[str, int]:
         rows = spark.read.parquet(path).groupBy("reason").count().collect()
