@@ -364,6 +364,9 @@ class PublishConfig(_Section):
     # How long retention's DROP may wait for readers' locks before it is deferred to the
     # next night: readers queue behind a waiting DROP, so this bounds their extra wait.
     lock_timeout_ms: int = Field(default=50, ge=1, le=5000)
+    # Connections that COPY the slates' shard parts at once (PostgreSQL; one part = one
+    # transaction for the whole load); 0 = the machine's cores, 1 = one transaction.
+    load_workers: int = Field(default=0, ge=0, le=64)
     # The run table must hold at least this fraction of the previous run's users.
     min_users_ratio_vs_previous: float = Field(default=0.5, ge=0.0, le=1.0)
 

@@ -10,6 +10,13 @@ publish protocol, and what each step's failure leaves behind:
         lock that readers, rollbacks or other runs wait for. Fails or is killed: the
         transaction rolls back, no table and no run row survive; the caller records a
         'failed' row.
+        Parallel variant (PostgreSQL, slates in several shard parts): tx 2a begin_run +
+        create_tables, committed while the coordinating connection holds a session
+        advisory lock on the run's load; tx 2b one COPY per part, on parallel
+        connections; tx 2c fallback COPY, finish_tables (key, ATTACH), validate_loaded.
+        Fails: abandon (drop the unattached tables, mark 'failed'). Killed: the tables
+        are not attached and no view reads them; the next publish's reap_abandoned
+        drops them (their lock died with the process).
   tx 3  switch: lock the pointer row homepage.live, refuse (message, no error) when the
         run is not the serving run id, when a rollback happened after the run began, or
         when a newer date is live and force is off; else UPDATE the pointer and mark
@@ -256,7 +263,7 @@ def record_failed(conn: Connection, run: dict[str, Any], message: str) -> None:
     _insert_run(conn, {**run, "status": "failed", "message": message[:2000]})
 
 
-def _copy_rows(conn: Connection, table: str, cols: tuple[str, str], rows: Iterable[tuple[str, str]]) -> int:
+def copy_rows(conn: Connection, table: str, cols: tuple[str, str], rows: Iterable[tuple[str, str]]) -> int:
     n = names_for(conn)
     count = 0
     if n.pg:
@@ -297,6 +304,14 @@ def load_tables(
     (after the load: building a primary key once is faster than maintaining it). On
     PostgreSQL each table then becomes a partition of homepage.slates / .fallback: its
     run_key column is a constant default plus a CHECK, so ATTACH needs no scan."""
+    create_tables(conn, run)
+    users = copy_rows(conn, run["slates_table"], ("user_id", "sections"), slates)
+    segs = copy_rows(conn, run["fallback_table"], ("segment", "sections"), fallbacks)
+    finish_tables(conn, run)
+    return {"users": users, "segments": segs}
+
+
+def create_tables(conn: Connection, run: dict[str, Any]) -> None:
     n = names_for(conn)
     st, ft = run["slates_table"], run["fallback_table"]
     if n.pg:
@@ -307,9 +322,15 @@ def load_tables(
     else:
         conn.exec_driver_sql(f"CREATE TABLE {st} (user_id TEXT NOT NULL, sections TEXT NOT NULL)")
         conn.exec_driver_sql(f"CREATE TABLE {ft} (segment TEXT NOT NULL, sections TEXT NOT NULL)")
-    users = _copy_rows(conn, st, ("user_id", "sections"), slates)
-    segs = _copy_rows(conn, ft, ("segment", "sections"), fallbacks)
+
+
+def finish_tables(conn: Connection, run: dict[str, Any]) -> None:
+    """Keys, statistics, and (PostgreSQL) ATTACH as partitions; readers still see the
+    live version until the switch moves the pointer."""
+    n = names_for(conn)
+    st, ft = run["slates_table"], run["fallback_table"]
     if n.pg:
+        key = run["run_key"].replace("'", "''")
         conn.exec_driver_sql(f"ALTER TABLE {st} ADD PRIMARY KEY (user_id)")
         conn.exec_driver_sql(f"ALTER TABLE {ft} ADD PRIMARY KEY (segment)")
         conn.exec_driver_sql(f"ANALYZE {st}")
@@ -320,7 +341,46 @@ def load_tables(
         conn.exec_driver_sql(f"CREATE UNIQUE INDEX {st}_pk ON {st} (user_id)")
         conn.exec_driver_sql(f"CREATE UNIQUE INDEX {ft}_pk ON {ft} (segment)")
         conn.exec_driver_sql(f"ANALYZE {st}")
-    return {"users": users, "segments": segs}
+
+
+# ---- the parallel load (PostgreSQL, several shard parts) ---------------------------------
+def _load_key(run_key: str) -> str:
+    return f"homepage.load/{run_key}"
+
+
+def hold_load_lock(conn: Connection, run: dict[str, Any]) -> None:
+    """Session-level advisory lock on the run's load, held by the publishing process's
+    coordinating connection until it closes: while it is held the run's committed
+    'loading' tables belong to a live publish; once the process dies, reap_abandoned
+    may drop them."""
+    conn.execute(text("SELECT pg_advisory_lock(hashtext(:k))"), {"k": _load_key(run["run_key"])})
+
+
+def reap_abandoned(conn: Connection) -> list[str]:
+    """Runs left 'loading' by a parallel load whose process died (no one holds their load
+    lock): drop their unattached tables and mark them failed. Returns their run keys."""
+    n = names_for(conn)
+    if not n.pg:
+        return []
+    rows = conn.execute(text(f"SELECT run_key, slates_table, fallback_table FROM {n.runs} WHERE status = 'loading'"))
+    reaped = []
+    for key, st, ft in rows.fetchall():
+        if not conn.execute(text("SELECT pg_try_advisory_xact_lock(hashtext(:k))"), {"k": _load_key(key)}).scalar_one():
+            continue  # a live publish is loading it
+        abandon(conn, {"run_key": key, "slates_table": st, "fallback_table": ft},
+                "abandoned: the publishing process died during its parallel load; its tables were dropped")  # fmt: skip
+        reaped.append(key)
+    return reaped
+
+
+def abandon(conn: Connection, run: dict[str, Any], message: str) -> None:
+    """A parallel load that failed: drop its (never attached) tables, mark it failed."""
+    n = names_for(conn)
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {run['slates_table']}, {run['fallback_table']}")
+    conn.execute(
+        text(f"UPDATE {n.runs} SET status = 'failed', message = :m WHERE run_key = :k"),
+        {"m": message[:2000], "k": run["run_key"]},
+    )
 
 
 def current_published(conn: Connection) -> dict[str, Any] | None:

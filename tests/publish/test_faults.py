@@ -187,3 +187,65 @@ def _deploy_reader(dbinfo: dict) -> None:
          f"postgresql://postgres@127.0.0.1:5432/{dbinfo['db']}", "--grant-to", dbinfo["site"]],
         cwd=ROOT, check=True, capture_output=True, text=True,
     )  # fmt: skip
+
+
+def _sharded_run_dir(tiny_run, work_root) -> list[str]:
+    """The tiny run's pages as three shard parts (the layout a sharded rerank writes),
+    judged by a passing metrics.json fingerprinted over exactly these files."""
+    import shutil
+
+    import pandas as pd
+
+    from recsys import jsonio, shards
+    from recsys.config import load_config
+    from recsys.rundir import RunDir
+
+    cfg, _ = tiny_run
+    src = RunDir(cfg, RUN_DATE).final
+    rd = RunDir(load_config(overrides=tiny_overrides(cfg.paths.data_root, work_root), environ={}), RUN_DATE)
+    rd.root.mkdir(parents=True)
+    shutil.copy(src / "manifest.json", rd.path("manifest.json"))
+    (rd.path("slates")).mkdir()
+    shutil.copy(src / "slates" / "fallback.parquet", rd.path("slates", "fallback.parquet"))
+    pages = pd.read_parquet(src / "slates" / "slates.parquet")
+    part = shards.shard_of(pages["user_id"], 3)
+    for i in range(3):
+        shards.write_part(pages[part == i], shards.part_path(rd, 3, i, "slates", "slates.parquet"))
+    jsonio.write(rd.path("metrics.json"), {"gate": {"passed": True}, "methods": {},
+                                           "slates_sha256": rd.slates_fingerprint()})  # fmt: skip
+    return pages["user_id"].tolist()
+
+
+def test_parallel_shard_load_and_a_crash_inside_it(tiny_run, tmp_path, nightly_db):
+    """Issue 7, item 5: three shard parts COPY on two connections into the run's table;
+    a publish killed during that COPY leaves committed but unattached tables that the
+    site never reads, and the next publish reaps them before it loads."""
+    cfg, _ = tiny_run
+    work = tmp_path / "work"
+    users = _sharded_run_dir(tiny_run, work)
+    over = tiny_overrides(cfg.paths.data_root, work)
+    over["publish"] = {"database_url": nightly_db["url"], "keep_versions": 1, "load_workers": 2}
+    d = RUN_DATE.isoformat()
+    info = _publish(over, tmp_path)
+    assert info["switched"] and info["load_connections"] == 2 and info["users"] == len(users)
+    _deploy_reader(nightly_db)
+    assert _site_view(nightly_db, users[0]) == (f"{d}/main/v1", 1, len(users))
+
+    _publish(over, tmp_path, pause_at="publish.copy")  # killed with its tables committed
+    assert _statuses(nightly_db)[f"{d}/main/v2"] == "loading"
+    assert _site_view(nightly_db, users[-1]) == (f"{d}/main/v1", 1, len(users))  # never read by the site
+
+    info = _publish(over, tmp_path)
+    st = _statuses(nightly_db)
+    assert st[f"{d}/main/v2"] == "failed" and info["run_key"] == f"{d}/main/v3" and info["switched"]
+    assert _site_view(nightly_db, users[-1]) == (f"{d}/main/v3", 1, len(users))
+    c = psycopg2.connect(host="127.0.0.1", port=5432, user=nightly_db["nightly"], dbname=nightly_db["db"])
+    try:
+        cur = c.cursor()
+        cur.execute(
+            "SELECT message, to_regclass(slates_table) FROM homepage.runs WHERE run_key = %s", (f"{d}/main/v2",)
+        )
+        message, table = cur.fetchone()
+    finally:
+        c.close()
+    assert message.startswith("abandoned") and table is None  # reaped: its tables are gone
