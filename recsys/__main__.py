@@ -127,7 +127,7 @@ def _titles(cfg: Config) -> dict[str, str]:
     """item_id -> title from the newest run's catalog (for display only)."""
     import pyarrow.parquet as pq
 
-    cands = sorted(Path(cfg.paths.work_root).glob("runs/*/*/features/catalog"))
+    cands = sorted(cfg.local_work_root().glob("runs/*/*/features/catalog"))
     if not cands:
         return {}
     t = pq.read_table(cands[-1], columns=["item_id", "title"])

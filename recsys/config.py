@@ -41,7 +41,12 @@ class _Section(BaseModel):
 
 class PathsConfig(_Section):
     data_root: str = "data/synthetic"
+    # A local directory, or a URL every worker can reach (s3a://, gs://, hdfs://, file://;
+    # recsys/storage.py): run directories live there, each process works in a local
+    # mirror (local_dir) synced around every stage.
     work_root: str = "work"
+    # The local mirror of a URL work root; default <tmp>/recsys-work-<hash of the URL>.
+    local_dir: str | None = None
     # Caches shared across nights (item text vectors); default <work_root>/cache.
     cache_root: str | None = None
 
@@ -427,7 +432,7 @@ class Config(_Section):
     def database_url(self) -> str:
         if self.publish.database_url:
             return self.publish.database_url
-        return f"sqlite:///{Path(self.paths.work_root).resolve() / 'homepage.sqlite'}"
+        return f"sqlite:///{self.local_work_root().resolve() / 'homepage.sqlite'}"
 
     def fingerprint(self) -> str:
         """Short hash of everything that changes outputs (paths and run_id excluded)."""
@@ -439,7 +444,16 @@ class Config(_Section):
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
     def cache_dir(self) -> Path:
-        return Path(self.paths.cache_root or Path(self.paths.work_root) / "cache")
+        return Path(self.paths.cache_root or self.local_work_root() / "cache")
+
+    def local_work_root(self) -> Path:
+        """Where this process reads and writes: the work root itself, or for a URL work
+        root its local mirror (the text cache, SQLite and metrics files stay per machine)."""
+        from recsys.storage import default_local_dir, is_remote
+
+        if not is_remote(self.paths.work_root):
+            return Path(self.paths.work_root)
+        return Path(self.paths.local_dir) if self.paths.local_dir else default_local_dir(self.paths.work_root)
 
     def type_names(self) -> list[str]:
         """Event types in a fixed order (the model's type-embedding rows)."""

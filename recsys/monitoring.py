@@ -28,7 +28,7 @@ ROW_COUNTS = {
 
 
 def metrics_dir(cfg: Config) -> Path:
-    return Path(cfg.monitoring.textfile_dir or Path(cfg.paths.work_root) / "metrics")
+    return Path(cfg.monitoring.textfile_dir or cfg.local_work_root() / "metrics")
 
 
 def stage_registry(cfg: Config, run_date: dt.date, stage: str, info: dict[str, Any], ok: bool) -> Any:

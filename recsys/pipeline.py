@@ -91,7 +91,12 @@ def run_stage(stage: str, cfg: Config, run_date: dt.date) -> dict[str, Any]:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
     rd = RunDir(cfg, run_date)
     with rd.lock():
-        return _run_locked(stage, cfg, rd)
+        if stage != "validate":
+            rd.sync_in()
+        try:
+            return _run_locked(stage, cfg, rd)
+        finally:
+            rd.sync_out()
 
 
 def _run_locked(stage: str, cfg: Config, rd: RunDir) -> dict[str, Any]:
@@ -243,12 +248,24 @@ def run_stage_part(stage: str, part: str, cfg: Config, run_date: dt.date, shard:
         if shard is None:
             raise ValueError(f"{stage}: a shard task needs its shard number")
         with rd.lock(shared=True):
-            return run_shard(stage, cfg, rd, shard)
+            rd.sync_in()
+            try:
+                return run_shard(stage, cfg, rd, shard)
+            finally:
+                rd.sync_out()
     with rd.lock():
-        if part == "prepare":
-            rd.init_manifest()
-            return prepare_shards(stage, cfg, rd)
-        from recsys import jsonio
+        rd.sync_in()
+        try:
+            return _run_part(stage, part, cfg, rd)
+        finally:
+            rd.sync_out()
 
-        t0 = float(jsonio.read(rd.require("shards", stage, "prepare.json"))["_started"])
-        return _record(stage, cfg, rd, t0, lambda: finish_shards(stage, cfg, rd))
+
+def _run_part(stage: str, part: str, cfg: Config, rd: RunDir) -> Any:
+    if part == "prepare":
+        rd.init_manifest()
+        return prepare_shards(stage, cfg, rd)
+    from recsys import jsonio
+
+    t0 = float(jsonio.read(rd.require("shards", stage, "prepare.json"))["_started"])
+    return _record(stage, cfg, rd, t0, lambda: finish_shards(stage, cfg, rd))

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from recsys import jsonio
+from recsys import jsonio, storage
 from recsys.config import Config
 
 
@@ -66,10 +66,27 @@ class RunDir:
         self.cfg = cfg
         self.date = run_date
         self.run_id = cfg.resolved_run_id()
-        self.parent = Path(cfg.paths.work_root) / "runs" / run_date.isoformat()
+        self.parent = cfg.local_work_root() / "runs" / run_date.isoformat()
         self.final = self.parent / self.run_id
         self.staging = self.parent / f".{self.run_id}.next"
         self.root = self.staging if self.staging.exists() else self.final
+        # A URL work root (recsys/storage.py): the run's home, mirrored in self.final.
+        self.remote = (
+            f"{cfg.paths.work_root.rstrip('/')}/runs/{run_date.isoformat()}/{self.run_id}"
+            if storage.is_remote(cfg.paths.work_root)
+            else None
+        )
+
+    def sync_in(self) -> None:
+        """Before a stage: the run's files from a URL work root (no-op for local roots)."""
+        if self.remote:
+            storage.pull(self.remote, self.final)
+
+    def sync_out(self) -> None:
+        """After a stage (failed ones too: their manifest entry): what it wrote, to the
+        URL work root."""
+        if self.remote and self.final.is_dir():
+            storage.push(self.final, self.remote)
 
     @contextlib.contextmanager
     def lock(self, shared: bool = False) -> Iterator[None]:
@@ -112,7 +129,15 @@ class RunDir:
 
     def begin_fresh(self) -> None:
         """A run from the first stage: a new, empty directory. Beside the last complete
-        run when there is one (it is replaced only by `promote`), else in place."""
+        run when there is one (it is replaced only by `promote`), else in place. On a URL
+        work root the remote run is cleared and rebuilt in place (object stores have no
+        atomic directory rename)."""
+        if self.remote:
+            storage.remove(self.remote)
+            shutil.rmtree(self.final, ignore_errors=True)
+            self.root = self.final
+            self.root.mkdir(parents=True)
+            return
         if self.staging.exists():
             shutil.rmtree(self.staging)  # an earlier failed re-run
         if self.final.exists():

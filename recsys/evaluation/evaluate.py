@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,9 +53,10 @@ def _lists(df: pd.DataFrame, rank_col: str) -> dict[str, list[str]]:
 
 def previous_metrics(cfg: Config, rd: RunDir) -> dict[str, Any] | None:
     """metrics.json of the newest earlier logical date with the same run_id."""
-    runs = Path(cfg.paths.work_root) / "runs"
+    from recsys import storage
+
     best = None
-    for p in sorted(runs.glob(f"*/{rd.run_id}/metrics.json")):
+    for p in storage.pull_matching(cfg.paths.work_root, cfg.local_work_root(), f"runs/*/{rd.run_id}/metrics.json"):
         if p.parts[-3] < rd.date.isoformat():
             best = p
     if best is None:

@@ -10,7 +10,6 @@ import html
 import io
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -150,9 +149,11 @@ def _popularity(rd: RunDir) -> pd.Series:
 
 def run_history(rd: RunDir, n: int = HISTORY_RUNS) -> list[dict[str, Any]]:
     """Key metrics of the last n runs with this run_id, this one included, by date."""
-    runs = Path(rd.cfg.paths.work_root) / "runs"
+    from recsys import storage
+
+    cfg = rd.cfg
     rows = []
-    for p in sorted(runs.glob(f"*/{rd.run_id}/metrics.json"))[-n:]:
+    for p in storage.pull_matching(cfg.paths.work_root, cfg.local_work_root(), f"runs/*/{rd.run_id}/metrics.json")[-n:]:
         m = json.loads(p.read_text()).get("methods") or {}
         if not m:
             continue

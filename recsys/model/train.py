@@ -149,18 +149,19 @@ def type_names(cfg: Config) -> list[str]:
 
 
 def find_previous_model(cfg: Config, rd: RunDir) -> Path | None:
-    """Newest model of an earlier logical date under the same work root (warm start)."""
-    runs = Path(cfg.paths.work_root) / "runs"
-    if not runs.is_dir():
+    """Newest model of an earlier logical date under the same work root (warm start);
+    fetched into the local mirror when the work root is a URL."""
+    from recsys import storage
+
+    best = None
+    for rel in storage.list_matching(cfg.paths.work_root, "runs/*/*/model/model.pt"):
+        date = rel.split("/")[1]
+        if date < rd.date.isoformat() and (best is None or date >= best.split("/")[1]):
+            best = rel
+    if best is None:
         return None
-    best: tuple[str, float, Path] | None = None
-    for p in runs.glob("*/*/model/model.pt"):
-        date = p.parts[-4]
-        if date < rd.date.isoformat():
-            key = (date, p.stat().st_mtime, p)
-            if best is None or key[:2] > best[:2]:
-                best = key
-    return best[2] if best else None
+    model_dir = storage.fetch(cfg.paths.work_root, cfg.local_work_root(), best.rsplit("/", 1)[0])
+    return model_dir / "model.pt"
 
 
 def warm_start(model: TwoTower, item_ids: np.ndarray, prev_path: Path) -> dict[str, Any]:

@@ -26,7 +26,7 @@ def run_dir_of(work_root: Path, run_key: str) -> Path:
 
 class PreviewData:
     def __init__(self, cfg: Config) -> None:
-        self.work_root = Path(cfg.paths.work_root)
+        self.work_root = cfg.local_work_root()
         self.engine = db.make_engine(cfg.database_url())
         self.database = self.engine.url.render_as_string(hide_password=True)
 
