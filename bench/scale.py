@@ -101,6 +101,7 @@ def main() -> None:
     ap.add_argument("--database-url", help="default: SQLite in the work root")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--skip-generate", action="store_true")
+    ap.add_argument("--resume", action="store_true", help="keep the stages <out>/scale.json already holds")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     d1 = dt.date.fromisoformat(args.date)
@@ -108,21 +109,26 @@ def main() -> None:
            "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}  # fmt: skip
     # Events through d1 - 1: night 1 (logical date d1 - 1) reads the days before it,
     # night 2 (d1) one day more.
-    gen_s = 0.0 if args.skip_generate else generate(args, d1 - dt.timedelta(days=1))
-    result: dict = {"users": args.users, "items": args.items, "generate_s": round(gen_s, 1), "set": args.set,
-                    "cores": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1), "nights": []}  # fmt: skip
+    saved = args.out / "scale.json"
+    if args.resume and saved.is_file():
+        result = json.loads(saved.read_text())  # stages already measured are kept
+    else:
+        gen_s = 0.0 if args.skip_generate else generate(args, d1 - dt.timedelta(days=1))
+        result = {"users": args.users, "items": args.items, "generate_s": round(gen_s, 1), "set": args.set,
+                  "cores": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1), "nights": []}  # fmt: skip
     nights = [d1 - dt.timedelta(days=1), d1][: args.nights]
     for n, date in enumerate(nights, 1):
-        rows = []
-        for stage in STAGES:
+        if len(result["nights"]) < n:
+            result["nights"].append({"date": date.isoformat(), "stages": []})
+        night = result["nights"][n - 1]
+        for stage in STAGES[len(night["stages"]) :]:
             r = run_stage(stage, date, args, env)
-            rows.append(r)
+            night["stages"].append(r)
             print(f"night {n} {stage:<9} {r['seconds']:>8.1f} s  {r['rows_per_s']:>10.1f} rows/s  "
                   f"{r['peak_rss_gib']:.2f} GiB", flush=True)  # fmt: skip
-        result["nights"].append({"date": date.isoformat(), "stages": rows,
-                                 "total_s": round(sum(r["seconds"] for r in rows), 1),
-                                 "peak_rss_gib": max(r["peak_rss_gib"] for r in rows)})  # fmt: skip
-        (args.out / "scale.json").write_text(json.dumps(result, indent=1, default=str))
+            night["total_s"] = round(sum(r["seconds"] for r in night["stages"]), 1)
+            night["peak_rss_gib"] = max(r["peak_rss_gib"] for r in night["stages"])
+            saved.write_text(json.dumps(result, indent=1, default=str))  # after every stage: --resume
     print(markdown(result))
 
 

@@ -388,6 +388,10 @@ class ScaleConfig(_Section):
     # default per-source depths; the public data sets the quality work uses (MovieLens,
     # Amazon categories: under 50k users) stay one shard, i.e. single contract files.
     users_per_shard: int = Field(default=50_000, ge=1)
+    # Users a shard scores at a time in retrieve, rank and rerank: memory per worker is
+    # bounded by this, not by the shard (a 50k-user shard scored at once by the ranker
+    # took 11.7 GB and was killed by the kernel on a 24 GB machine with two workers).
+    batch_users: int = Field(default=10_000, ge=1)
     # Local process pool size; 0 = the machine's cores. 1 runs the shards one by one
     # in the stage's own process (no pool).
     workers: int = Field(default=0, ge=0)

@@ -30,7 +30,7 @@ from recsys.evaluation.metrics import ndcg_at_k
 from recsys.progress import Progress
 from recsys.retrieve import SOURCES, Context, blend, generate_all, load_context
 from recsys.rundir import RunDir
-from recsys.shards import part_path, read_part, write_part
+from recsys.shards import PartReader, PartWriter, batches, existing_part, part_path
 
 log = logging.getLogger(__name__)
 RANKED_COLUMNS = ["user_id", "item_id", "rank", "score", "source", "sources", "anchor"]
@@ -446,13 +446,13 @@ def fit_ranker(cfg: Config, rd: RunDir) -> tuple[Ranker | None, dict[str, Any]]:
 
 
 def rank_candidates(cfg: Config, ranker: Ranker | None, ctx: Context, cands: pd.DataFrame,
-                    batch_users: int = 20_000) -> pd.DataFrame:  # fmt: skip
+                    batch_users: int = 20_000, space: FeatureSpace | None = None) -> pd.DataFrame:  # fmt: skip
     """Long candidates -> the ranked list (RANKED_COLUMNS, top rank.top_k per user): the
     ranker's order, or the RRF blend when there is no ranker."""
     k = cfg.rank.top_k
     if ranker is None:
         return blend(cands, cfg.retrieve.source_weights, cfg.rerank.rrf_k, k)
-    space = FeatureSpace.build(ctx)
+    space = space or FeatureSpace.build(ctx)
     users = np.sort(cands["user_id"].unique())
     out = []
     bar = Progress(len(users), "rank: scoring", "users")
@@ -509,10 +509,17 @@ def run_rank(cfg: Config, rd: RunDir, shard: int, n_shards: int) -> dict[str, An
     """Order one user shard's serving candidates with tonight's ranker: its part of
     candidates/ranked.parquet (the final order the homepage is built from)."""
     ctx = load_context(cfg, rd, "full", shard=(shard, n_shards))
-    cands = read_part(rd, n_shards, shard, "candidates", "by_source.parquet")
-    ranked = rank_candidates(cfg, load_ranker(rd), ctx, cands)
-    write_part(ranked, part_path(rd, n_shards, shard, "candidates", "ranked.parquet"))
-    return {"ranked_rows": len(ranked), "users": int(ranked["user_id"].nunique())}
+    ranker = load_ranker(rd)
+    space = FeatureSpace.build(ctx) if ranker is not None else None
+    cands = PartReader(existing_part(rd, n_shards, shard, "candidates", "by_source.parquet"))
+    out = PartWriter(part_path(rd, n_shards, shard, "candidates", "ranked.parquet"))
+    users = 0
+    for batch in batches(sorted(ctx.user_row), cfg.scale.batch_users):
+        ranked = rank_candidates(cfg, ranker, ctx, cands.rows(batch), space=space)
+        out.write(ranked)
+        users += int(ranked["user_id"].nunique())
+    return {"ranked_rows": out.close(pd.DataFrame({c: pd.Series(dtype=object) for c in RANKED_COLUMNS})),
+            "users": users}  # fmt: skip
 
 
 def finish_rank(cfg: Config, rd: RunDir, prepared: dict[str, Any], infos: list[dict[str, Any]]) -> dict[str, Any]:

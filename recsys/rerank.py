@@ -28,7 +28,7 @@ from recsys.config import Config, SectionSpec
 from recsys.progress import Progress
 from recsys.retrieve import SOURCES, Context, load_context
 from recsys.rundir import RunDir
-from recsys.shards import part_path, read_part, write_part
+from recsys.shards import PartReader, PartWriter, batches, existing_part, part_path, write_part
 
 log = logging.getLogger(__name__)
 
@@ -368,13 +368,21 @@ def run_rerank(cfg: Config, rd: RunDir, shard: int, n_shards: int) -> dict[str, 
     """Diversified, sectioned pages for one user shard: its parts of slates.parquet and
     slate_items.parquet."""
     ctx = load_context(cfg, rd, "full", shard=(shard, n_shards))
-    by_source = read_part(rd, n_shards, shard, "candidates", "by_source.parquet")
-    ranked = read_part(rd, n_shards, shard, "candidates", "ranked.parquet")
-    slates = build_slates(cfg, ctx, ranked, by_source)
-    pages, items = slate_frames(slates)
-    write_part(pages, part_path(rd, n_shards, shard, "slates", "slates.parquet"))
-    write_part(items, part_path(rd, n_shards, shard, "slates", "slate_items.parquet"))
-    return {"users": len(slates), "items": len(items), "sections": int(sum(len(v) for v in slates.values()))}
+    by_source = PartReader(existing_part(rd, n_shards, shard, "candidates", "by_source.parquet"))
+    ranked = PartReader(existing_part(rd, n_shards, shard, "candidates", "ranked.parquet"))
+    pages_out = PartWriter(part_path(rd, n_shards, shard, "slates", "slates.parquet"))
+    items_out = PartWriter(part_path(rd, n_shards, shard, "slates", "slate_items.parquet"))
+    users = sections = 0
+    for batch in batches(sorted(ctx.user_row), cfg.scale.batch_users):
+        slates = build_slates(cfg, ctx, ranked.rows(batch), by_source.rows(batch), batch)
+        pages, items = slate_frames(slates)
+        pages_out.write(pages)
+        items_out.write(items)
+        users += len(slates)
+        sections += sum(len(v) for v in slates.values())
+    empty_pages, empty_items = slate_frames({})
+    return {"users": users, "items": items_out.close(empty_items), "sections": sections,
+            "pages": pages_out.close(empty_pages)}  # fmt: skip
 
 
 def finish_rerank(cfg: Config, rd: RunDir, prepared: dict[str, Any], infos: list[dict[str, Any]]) -> dict[str, Any]:
@@ -391,15 +399,17 @@ def finish_rerank(cfg: Config, rd: RunDir, prepared: dict[str, Any], infos: list
 
 
 def build_slates(
-    cfg: Config, ctx: Context, ranked: pd.DataFrame, by_source: pd.DataFrame
+    cfg: Config, ctx: Context, ranked: pd.DataFrame, by_source: pd.DataFrame, users: list[str] | None = None
 ) -> dict[str, list[dict[str, Any]]]:
-    """user_id -> sections, for every user with at least events.min_history items."""
+    """user_id -> sections, for every user (of users, default all in ctx) with at least
+    events.min_history items."""
     builder = SectionBuilder(cfg, ctx)
     lengths = ctx.seqs.lengths()
     idx = ctx.catalog.index()
     r_pools = split_pools(ranked, idx, "rank", by_source=False)
     s_pools = split_pools(by_source, idx, "source_rank", by_source=True)
-    users = sorted(u for u, r in ctx.user_row.items() if lengths[r] >= cfg.events.min_history)
+    users = sorted(u for u in (ctx.user_row if users is None else users)
+                   if u in ctx.user_row and lengths[ctx.user_row[u]] >= cfg.events.min_history)  # fmt: skip
     slates: dict[str, list[dict[str, Any]]] = {}
     t0 = time.time()
     with Progress(len(users), "rerank", "users") as bar:

@@ -33,7 +33,7 @@ from recsys.device import faiss_available, faiss_num_gpus
 from recsys.features import Catalog, Sequences, load_catalog, load_sequences, split_cutoff
 from recsys.progress import Progress
 from recsys.rundir import RunDir
-from recsys.shards import part_path, write_part
+from recsys.shards import PartWriter, batches, part_path
 
 log = logging.getLogger(__name__)
 CANDIDATE_COLUMNS = ["user_id", "item_id", "score", "source", "source_rank", "anchor"]
@@ -294,20 +294,16 @@ def top_k_rows(
     anchors: np.ndarray | None = None,
 ) -> pd.DataFrame:  # fmt: skip
     """Per user (row of rows / scores [b, m]) the k best showable rows, ties by catalog
-    row (= item id order), as a CandidateFrame. Vectorised: argpartition + lexsort."""
+    row (= item id order), as a CandidateFrame. Vectorised over the batch."""
     if not len(users) or rows.shape[1] == 0:
         return _empty_frame()
     s = np.where(blocked_mask(ctx, users, rows), -np.inf, scores.astype(np.float64))
-    m = s.shape[1]
-    kk = min(k, m)
-    if kk < m:
-        part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]  # [b, kk] unordered best
-    else:
-        part = np.broadcast_to(np.arange(m), s.shape)
+    # One row-wise lexsort (score, then row = item id order) over the m proposals (m is
+    # k plus the batch's largest exclusion list, at most k + 2000): an argpartition
+    # first would break ties at the k-th place arbitrarily.
+    part = np.lexsort((rows, -s), axis=1)[:, : min(k, s.shape[1])]  # [b, k]
     r = np.take_along_axis(rows, part, 1)
     v = np.take_along_axis(s, part, 1)
-    o = np.lexsort((r, -v), axis=1)  # by score, then row
-    r, v, part = (np.take_along_axis(x, o, 1) for x in (r, v, part))
     ok = np.isfinite(v)
     ranks = np.cumsum(ok, axis=1)
     uidx = np.broadcast_to(np.arange(len(users))[:, None], ok.shape)[ok]
@@ -616,15 +612,21 @@ def run_retrieve(cfg: Config, rd: RunDir, shard: int, n_shards: int) -> dict[str
     t0 = time.time()
     ctx = load_context(cfg, rd, "full", shard=(shard, n_shards))
     users = sorted(ctx.user_row)
-    cands = generate_all(ctx, users)
-    write_part(cands, part_path(rd, n_shards, shard, "candidates", "by_source.parquet"))
+    out = PartWriter(part_path(rd, n_shards, shard, "candidates", "by_source.parquet"))
+    by_source: dict[str, int] = defaultdict(int)
+    for batch in batches(users, cfg.scale.batch_users):
+        cands = generate_all(ctx, batch)
+        out.write(cands)
+        for k, v in cands.groupby("source").size().items():
+            by_source[str(k)] += int(v)
+    rows = out.close(_empty_frame())
     info = {
         "users": len(users),
-        "candidates": len(cands),
-        "by_source": {k: int(v) for k, v in cands.groupby("source").size().items()},
+        "candidates": rows,
+        "by_source": dict(by_source),
         "index_backend": ctx.index()[0].backend if ctx.item_vecs is not None else "none",
     }
-    log.info("retrieve: shard %d: %d users, %d candidates in %.1fs", shard, len(users), len(cands), time.time() - t0)
+    log.info("retrieve: shard %d: %d users, %d candidates in %.1fs", shard, len(users), rows, time.time() - t0)
     return info
 
 

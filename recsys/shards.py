@@ -18,12 +18,14 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recsys.config import Config
@@ -88,12 +90,16 @@ def write_part(df: pd.DataFrame, path: Path) -> None:
 
 
 def read_part(rd: RunDir, n: int, shard: int, *parts: str, columns: list[str] | None = None) -> pd.DataFrame:
+    return pq.read_table(existing_part(rd, n, shard, *parts), columns=columns).to_pandas()
+
+
+def existing_part(rd: RunDir, n: int, shard: int, *parts: str) -> Path:
     path = rd.path(*parts)
     if n > 1:
         path = path / f"part-{shard:05d}.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run the earlier stage for shard {shard} first")
-    return pq.read_table(path, columns=columns).to_pandas()
+    return path
 
 
 def part_files(path: Path) -> list[Path]:
@@ -145,3 +151,50 @@ def read_table(path: Path, shard: tuple[int, int] | None, key: str = "user_id",
     if columns and schema is not None:
         schema = pa.schema([schema.field(c) for c in columns])
     return pa.Table.from_batches(parts, schema=schema)
+
+
+class PartReader:
+    """A part file held as Arrow (compact strings), handed out as pandas one user batch
+    at a time, so a stage's memory is bounded by the batch, not by the shard."""
+
+    def __init__(self, path: Path, columns: list[str] | None = None) -> None:
+        self.table = pq.read_table(path, columns=columns)
+
+    def rows(self, users: list[str]) -> pd.DataFrame:
+        t = self.table
+        return t.filter(
+            pc.is_in(t.column("user_id"), value_set=pa.array(users, type=t.schema.field("user_id").type))
+        ).to_pandas()
+
+
+def batches(users: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(users), size):
+        yield users[i : i + size]
+
+
+class PartWriter:
+    """Writes a part file batch by batch (one row group each), atomically at close: a
+    killed shard leaves no half file. An empty part keeps the given empty frame's schema."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.tmp")
+        self.writer: pq.ParquetWriter | None = None
+        self.rows = 0
+
+    def write(self, df: pd.DataFrame) -> None:
+        t = pa.Table.from_pandas(df, preserve_index=False)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.tmp, t.schema)
+        elif t.schema != self.writer.schema:
+            t = t.cast(self.writer.schema)
+        self.writer.write_table(t)
+        self.rows += len(df)
+
+    def close(self, empty: pd.DataFrame) -> int:
+        if self.writer is None:
+            empty.to_parquet(self.tmp, index=False)
+        else:
+            self.writer.close()
+        os.replace(self.tmp, self.path)
+        return self.rows

@@ -71,7 +71,7 @@ def test_sharded_stages_equal_the_unsharded_night(tiny_run, tmp_path):
     from recsys.pipeline import run_stage
     from recsys.rundir import RunDir
 
-    cfg, ref = _copy_run(tiny_run, tmp_path, shards=3, workers=2)
+    cfg, ref = _copy_run(tiny_run, tmp_path, shards=3, workers=2, batch_users=40)  # several batches per shard
     for stage in ("retrieve", "rank", "rerank"):
         run_stage(stage, cfg, RUN_DATE)
     rd = RunDir(cfg, RUN_DATE)
