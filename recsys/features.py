@@ -100,12 +100,16 @@ class Sequences:
 
 
 def load_sequences(
-    path: Path, item_index: pd.Index, type_names: list[str], shard: tuple[int, int] | None = None
+    path: Path,
+    item_index: pd.Index,
+    type_names: list[str],
+    shard: tuple[int, int] | None = None,
+    users: np.ndarray | None = None,
 ) -> Sequences:
-    """Every user's sequence, or only shard (i, n)'s users (recsys.shards)."""
+    """Every user's sequence, or only shard (i, n)'s users (recsys.shards) / users'."""
     from recsys.shards import read_table
 
-    t = read_table(path, shard).sort_by("user_id")
+    t = read_table(path, shard, users=users).sort_by("user_id")
     items = t.column("items").combine_chunks()
     types = t.column("types").combine_chunks()
     ts = t.column("ts").combine_chunks()

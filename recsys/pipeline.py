@@ -172,10 +172,30 @@ def prepare_shards(stage: str, cfg: Config, rd: RunDir) -> list[int]:
         else:
             p.unlink(missing_ok=True)
     t0 = time.time()
-    prepared = stage_function(stage, spec.prepare)(cfg, rd) if spec.prepare else {}
+    prepared = _prepare(stage, cfg, rd) if spec.prepare else {}
     jsonio.write(rd.path("shards", stage, "prepare.json"), {**prepared, "_started": t0})
     log.info("stage %s: %d user shards", stage, len(shard_list))
     return shard_list
+
+
+def _prepare(stage: str, cfg: Config, rd: RunDir) -> dict[str, Any]:
+    """The stage's prepare function; in a child process when the shards will run in a
+    pool, so the memory it used (the ranker's training frame: 5 GB and more at 100k
+    users) is returned to the machine before the workers start, not kept by the parent."""
+    from recsys import shards
+
+    fn = SHARDED[stage].prepare
+    assert fn is not None
+    if shards.workers(cfg, shards.n_shards(rd)) == 1:
+        return stage_function(stage, fn)(cfg, rd)
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(1, mp.get_context("spawn"), _init_worker, (os.cpu_count() or 1,)) as pool:
+        return pool.submit(_prepare_in_worker, stage, fn, cfg, rd.date).result()
+
+
+def _prepare_in_worker(stage: str, fn: str, cfg: Config, run_date: dt.date) -> dict[str, Any]:
+    return stage_function(stage, fn)(cfg, RunDir(cfg, run_date))
 
 
 def run_shard(stage: str, cfg: Config, rd: RunDir, shard: int) -> dict[str, Any]:

@@ -187,21 +187,23 @@ def load_context(
     with_vectors: bool = True,
     shard: tuple[int, int] | None = None,
     with_users: bool = True,
+    users: np.ndarray | None = None,
 ) -> Context:
     """The split's context: item-side state (catalog, statistics, co-visitation, item
     vectors) whole, user-side state (sequences, exclusions, user vectors) for shard
-    (i, n)'s users only, every user when shard is None, no user with with_users=False."""
+    (i, n)'s users only (and of users, when given), every user when both are None, no
+    user with with_users=False."""
     from recsys.shards import NO_USERS, read_table
 
     shard = NO_USERS if not with_users else shard
     catalog = load_catalog(rd.require("features", "catalog"))
     idx = catalog.index()
-    seqs = load_sequences(rd.require("features", split, "sequences"), idx, cfg.type_names(), shard)
+    seqs = load_sequences(rd.require("features", split, "sequences"), idx, cfg.type_names(), shard, users)
     stats = pq.read_table(rd.require("features", split, "item_stats")).to_pandas()
     stats.index = idx.get_indexer(stats["item_id"])
     stats = stats[stats.index >= 0].reindex(range(len(catalog.ids)))
     stats[["n_events", "pop_score", "trend_score"]] = stats[["n_events", "pop_score", "trend_score"]].fillna(0)
-    exc = read_table(rd.require("features", split, "exclusions"), shard).to_pandas()
+    exc = read_table(rd.require("features", split, "exclusions"), shard, users=users).to_pandas()
     cutoff = split_cutoff(rd.require("features", split))
     ctx = Context(
         cfg=cfg,
@@ -214,7 +216,7 @@ def load_context(
         excluded=_exclusions(exc, idx),
     )
     if with_vectors:
-        _load_vectors(ctx, rd.require("embeddings"), split, every_user=shard is None)
+        _load_vectors(ctx, rd.require("embeddings"), split, every_user=shard is None and users is None)
     return ctx
 
 

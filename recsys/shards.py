@@ -135,18 +135,25 @@ def workers(cfg: Config, n: int) -> int:
 
 
 def read_table(path: Path, shard: tuple[int, int] | None, key: str = "user_id",
-               columns: list[str] | None = None) -> pa.Table:  # fmt: skip
-    """The rows of a parquet file (or directory) whose key falls in shard (i, n); None
-    = every row. Streams record batches, so only the shard's rows are ever held."""
-    if shard is None or shard[1] <= 1:
+               columns: list[str] | None = None, users: np.ndarray | None = None) -> pa.Table:  # fmt: skip
+    """The rows of a parquet file (or directory) whose key falls in shard (i, n) and,
+    when given, in users; None = every row. Streams record batches, so only the kept
+    rows are ever held."""
+    sharded = shard is not None and shard[1] > 1
+    if not sharded and users is None:
         return pq.read_table(path, columns=columns)
-    i, n = shard
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     parts = []
     for f in files:
         for batch in pq.ParquetFile(f).iter_batches(batch_size=262_144, columns=columns):
             keys = batch.column(key).to_numpy(zero_copy_only=False)
-            parts.append(batch.filter(pa.array(shard_of(keys, n) == i)))
+            keep = np.ones(len(keys), dtype=bool)
+            if sharded:
+                assert shard is not None
+                keep &= shard_of(keys, shard[1]) == shard[0]
+            if users is not None:
+                keep &= np.isin(keys, users)
+            parts.append(batch.filter(pa.array(keep)))
     schema = pq.read_schema(files[0]) if files else None
     if columns and schema is not None:
         schema = pa.schema([schema.field(c) for c in columns])

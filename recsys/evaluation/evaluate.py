@@ -33,6 +33,7 @@ from recsys import jsonio
 from recsys.config import Config
 from recsys.evaluation.metrics import catalog_coverage, intra_list_diversity, per_user_metrics, summarise
 from recsys.evaluation.report import render_report
+from recsys.features import Sequences, load_sequences
 from recsys.rank import load_ranker, rank_candidates
 from recsys.rerank import build_slates, flatten
 from recsys.retrieve import SOURCES, Context, blend, generate_all, load_context
@@ -93,6 +94,17 @@ def gate(cfg: Config, methods: dict[str, dict[str, float]], prev: dict[str, Any]
             "passed": passed, "checks": checks}  # fmt: skip
 
 
+def candidate_users(cfg: Config, rd: RunDir) -> np.ndarray:
+    """The users evaluation may need: those with held-out events, sampled to twice
+    evaluate.max_eval_users (holdout_targets samples the final set from them); the
+    context holds only these users, not the whole shop (11.6 GB at 100k users before)."""
+    users = np.sort(pd.read_parquet(rd.require("features", "holdout"), columns=["user_id"])["user_id"].unique())
+    cap = 2 * cfg.evaluate.max_eval_users
+    if len(users) > cap:
+        users = np.sort(np.random.default_rng(cfg.train.seed).choice(users, cap, replace=False))
+    return users.astype(object)
+
+
 def holdout_targets(cfg: Config, rd: RunDir, ctx: Context) -> dict[str, set[str]]:
     """user -> held-out items they may still be shown, for users with history."""
     hold = pd.read_parquet(rd.require("features", "holdout"))
@@ -140,33 +152,52 @@ def last_item_cooc(ctx: Context, users: list[str], k: int) -> dict[str, list[str
     return out
 
 
-def ease(ctx: Context, users: list[str], k: int, lam: float, max_items: int) -> dict[str, list[str]] | None:
+def ease(ctx: Context, users: list[str], k: int, lam: float, max_items: int,
+         train: Sequences | None = None) -> dict[str, list[str]] | None:  # fmt: skip
     """Baseline: EASE (Steck 2019), B = I - P / diag(P) with P = (X^T X + lam I)^-1 over
-    the items with training events; None when there are more than max_items of them
-    (the solve is O(M^3) and B is M x M)."""
+    the items with training events, X from train (every user's history; default the
+    context's users); None when there are more than max_items of them (the solve is
+    O(M^3) and B is M x M)."""
     from scipy import sparse
 
+    train = train if train is not None else ctx.seqs
     n_all = len(ctx.catalog.ids)
-    items = np.unique(ctx.seqs.items)  # [M] catalog rows with events
+    items = np.unique(train.items)  # [M] catalog rows with events
     if len(items) > max_items or len(items) == 0:
         return None
     col = np.full(n_all, -1, dtype=np.int64)
     col[items] = np.arange(len(items))
-    rows_u = np.repeat(np.arange(len(ctx.seqs)), ctx.seqs.lengths())
-    X = sparse.csr_matrix((np.ones(len(rows_u), dtype=np.float32), (rows_u, col[ctx.seqs.items])),
-                          shape=(len(ctx.seqs), len(items)))  # fmt: skip
-    X.data[:] = 1.0  # binary: a repeated item counts once
+
+    def matrix(seqs: Sequences) -> Any:
+        rows_u = np.repeat(np.arange(len(seqs)), seqs.lengths())
+        c = col[seqs.items]
+        X = sparse.csr_matrix((np.ones(int((c >= 0).sum()), dtype=np.float32), (rows_u[c >= 0], c[c >= 0])),
+                              shape=(len(seqs), len(items)))  # fmt: skip
+        X.data[:] = 1.0  # binary: a repeated item counts once
+        return X
+
+    X = matrix(train)
     G = (X.T @ X).toarray().astype(np.float64)  # [M, M]
     G[np.diag_indices_from(G)] += lam
     P = np.linalg.inv(G)
     B = (P / -np.diag(P)).astype(np.float32)
     B[np.diag_indices_from(B)] = 0.0
+    Xu = X if train is ctx.seqs else matrix(ctx.seqs)
     out: dict[str, list[str]] = {}
     for i in range(0, len(users), 2048):
         batch = users[i : i + 2048]
         r = np.array([ctx.user_row[u] for u in batch])
-        out.update(_top_k_lists(ctx, batch, np.asarray(X[r] @ B), items, k))  # [b, M] scores
+        out.update(_top_k_lists(ctx, batch, np.asarray(Xu[r] @ B), items, k))  # [b, M] scores
     return out
+
+
+def ease_train(cfg: Config, rd: RunDir, ctx: Context) -> Sequences | None:
+    """Every user's training history for EASE's item-item matrix (the context holds the
+    evaluated users only); None when EASE cannot run (too many items with events)."""
+    n_items = int((ctx.item_stats["n_events"].to_numpy() > 0).sum())
+    if n_items > cfg.evaluate.ease_max_items:
+        return None
+    return load_sequences(rd.require("features", "train", "sequences"), ctx.catalog.index(), cfg.type_names())
 
 
 def method_lists(cfg: Config, rd: RunDir, ctx: Context, users: list[str]) -> dict[str, dict[str, list[str]]]:
@@ -180,7 +211,7 @@ def method_lists(cfg: Config, rd: RunDir, ctx: Context, users: list[str]) -> dic
             lists[name] = _lists(cands[cands["source"] == name], "source_rank")
     lists["last_item_cooc"] = last_item_cooc(ctx, users, kmax)
     t = time.time()
-    e = ease(ctx, users, kmax, ec.ease_lambda, ec.ease_max_items)
+    e = ease(ctx, users, kmax, ec.ease_lambda, ec.ease_max_items, ease_train(cfg, rd, ctx))
     if e is not None:
         lists["ease"] = e
         log.info("evaluate: EASE over %d items in %.1fs", len(np.unique(ctx.seqs.items)), time.time() - t)
@@ -243,7 +274,7 @@ def run_evaluate(cfg: Config, rd: RunDir) -> dict[str, Any]:
         }
         _write(rd, result)
         return {"gate_passed": True, "skipped": "no holdout", "seconds": round(time.time() - t0, 1)}
-    ctx = load_context(cfg, rd, "train")
+    ctx = load_context(cfg, rd, "train", users=candidate_users(cfg, rd))
     targets = holdout_targets(cfg, rd, ctx)
     users = sorted(targets)
     log.info("evaluate: %s protocol, %d users with targets", ec.protocol, len(users))

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from recsys.config import Config
 from recsys.evaluation.evaluate import ease, last_item_cooc
@@ -33,3 +34,27 @@ def test_ease_recommends_what_co_occurs():
     got = ease(ctx, ["q"], 3, lam=1.0, max_items=10)
     assert got is not None and got["q"][0] == "b" and "a" not in got["q"]
     assert ease(ctx, ["q"], 3, lam=1.0, max_items=3) is None  # 4 items > max_items: skipped
+
+
+@pytest.mark.slow
+def test_evaluation_context_of_the_evaluated_users_gives_the_same_lists(tiny_run):
+    """Evaluate loads only the users with held-out events (memory bounded by them, not
+    by the shop); every method's lists, EASE's included (its item matrix still learns
+    from every user), equal those from the whole-shop context."""
+    from recsys.evaluation.evaluate import candidate_users, holdout_targets, method_lists
+    from recsys.retrieve import load_context
+    from recsys.rundir import RunDir
+    from tests.conftest import RUN_DATE
+
+    cfg, _ = tiny_run
+    rd = RunDir(cfg, RUN_DATE)
+    full = load_context(cfg, rd, "train")
+    part = load_context(cfg, rd, "train", users=candidate_users(cfg, rd))
+    assert len(part.user_row) < len(full.user_row)
+    targets = holdout_targets(cfg, rd, full)
+    assert holdout_targets(cfg, rd, part) == targets
+    users = sorted(targets)
+    a, b = method_lists(cfg, rd, full, users), method_lists(cfg, rd, part, users)
+    assert "ease" in a and a.keys() == b.keys()
+    for name in a:
+        assert a[name] == b[name], name
