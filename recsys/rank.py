@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from recsys import jsonio
 from recsys.config import Config
@@ -347,18 +349,30 @@ def _blend_score(pairs: pd.DataFrame, cfg: Config) -> np.ndarray:
     return s
 
 
+def rank_train_users(cfg: Config, rd: RunDir) -> np.ndarray:
+    """The ranker's training users: label users with a rank-split history, sampled to
+    rank.max_train_users (fixed seed). The embed stage embeds exactly these for the
+    rank split; the ranker reads exactly these."""
+    from recsys.shards import read_table
+
+    labels = pq.read_table(rd.require("features", "rank_labels"), columns=["user_id"]).column("user_id")
+    have = read_table(rd.require("features", "rank", "sequences"), None, columns=["user_id"]).column("user_id")
+    users = np.sort(np.intersect1d(pc.unique(labels).to_numpy(zero_copy_only=False).astype(str),
+                                   have.to_numpy(zero_copy_only=False).astype(str)))  # fmt: skip
+    if len(users) > cfg.rank.max_train_users:
+        users = np.sort(np.random.default_rng(cfg.train.seed).choice(users, cfg.rank.max_train_users, replace=False))
+    return users.astype(object)
+
+
 def training_frame(cfg: Config, rd: RunDir) -> tuple[pd.DataFrame, np.ndarray, list[str], dict[str, set[str]]]:
     """Candidates and features on the rank split for users with labels; returns (wide
     pairs with a `label` column, X, feature names, all label items per user)."""
     rc = cfg.rank
+    sample = rank_train_users(cfg, rd)
+    ctx = load_context(cfg, rd, "rank", users=sample)  # only the training users' histories
     labels = pd.read_parquet(rd.require("features", "rank_labels"))
-    ctx = load_context(cfg, rd, "rank")
-    labels = labels[labels["user_id"].isin(ctx.user_row)]
-    users = sorted(labels["user_id"].unique())
-    rng = np.random.default_rng(cfg.train.seed)
-    if len(users) > rc.max_train_users:
-        users = sorted(rng.choice(users, rc.max_train_users, replace=False).tolist())
-    labels = labels[labels["user_id"].isin(set(users))]
+    labels = labels[labels["user_id"].isin(set(sample.tolist()))]
+    users: list[str] = sorted(labels["user_id"].unique())
     t = time.time()
     cands = generate_all(ctx, users)
     pairs = wide_candidates(cands)
