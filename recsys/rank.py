@@ -460,7 +460,7 @@ def fit_ranker(cfg: Config, rd: RunDir) -> tuple[Ranker | None, dict[str, Any]]:
 
 
 def rank_candidates(cfg: Config, ranker: Ranker | None, ctx: Context, cands: pd.DataFrame,
-                    batch_users: int = 20_000, space: FeatureSpace | None = None) -> pd.DataFrame:  # fmt: skip
+                    batch_users: int = 2_000, space: FeatureSpace | None = None) -> pd.DataFrame:  # fmt: skip
     """Long candidates -> the ranked list (RANKED_COLUMNS, top rank.top_k per user): the
     ranker's order, or the RRF blend when there is no ranker."""
     k = cfg.rank.top_k
