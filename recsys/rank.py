@@ -30,7 +30,7 @@ from recsys import jsonio
 from recsys.config import Config
 from recsys.evaluation.metrics import ndcg_at_k
 from recsys.progress import Progress
-from recsys.retrieve import SOURCES, Context, blend, generate_all, load_context
+from recsys.retrieve import RANKER_SOURCES, Context, blend, generate_all, load_context
 from recsys.rundir import RunDir
 from recsys.shards import PartReader, PartWriter, batches, existing_part, part_path
 
@@ -94,7 +94,7 @@ def wide_candidates(cands: pd.DataFrame) -> pd.DataFrame:
     source that ranked the item best), sources (all of them) and anchor (the best
     source's). Vectorised over integer keys: 6M candidate rows take seconds, where a
     pandas pivot and a per-group join took 80 s."""
-    names = sorted(SOURCES)  # ties in rank go to the alphabetically first source
+    names = sorted(RANKER_SOURCES)  # ties in rank go to the alphabetically first source
     u_code, u_uniq = pd.factorize(cands["user_id"], sort=True)
     i_code, i_uniq = pd.factorize(cands["item_id"], sort=True)
     s_code = pd.Categorical(cands["source"], categories=names).codes.astype(np.int64)  # -1 = unregistered
@@ -110,7 +110,7 @@ def wide_candidates(cands: pd.DataFrame) -> pd.DataFrame:
     score = cands["score"].to_numpy(np.float64)[order]
     src_o = s_code[order]
     mask = np.zeros(len(start), dtype=np.int64)
-    for name in SOURCES:  # columns in registry order (the ranker's feature order)
+    for name in RANKER_SOURCES:  # columns in registry order (the ranker's feature order)
         j = names.index(name)
         col_s, col_r = np.full(len(start), np.nan), np.full(len(start), np.nan)
         hit = src_o == j
@@ -169,7 +169,7 @@ Columns = dict[str, np.ndarray]
 def source_features(space: FeatureSpace, b: PairBatch) -> Columns:
     """Every source's score and rank (NaN = the source did not return the item)."""
     cols = {}
-    for s in SOURCES:
+    for s in RANKER_SOURCES:
         cols[f"{s}_score"] = b.pairs[f"{s}_score"].to_numpy(np.float64)
         cols[f"{s}_rank"] = b.pairs[f"{s}_rank"].to_numpy(np.float64)
     cols["n_sources"] = b.pairs["n_sources"].to_numpy(np.float64)
@@ -374,7 +374,7 @@ def training_frame(cfg: Config, rd: RunDir) -> tuple[pd.DataFrame, np.ndarray, l
     labels = labels[labels["user_id"].isin(set(sample.tolist()))]
     users: list[str] = sorted(labels["user_id"].unique())
     t = time.time()
-    cands = generate_all(ctx, users)
+    cands = ranker_input(generate_all(ctx, users))
     pairs = wide_candidates(cands)
     grade = pairs.merge(labels[["user_id", "item_id", "grade"]], on=["user_id", "item_id"], how="left")["grade"]
     pairs["label"] = grade_levels(cfg, grade.to_numpy())
@@ -459,11 +459,18 @@ def fit_ranker(cfg: Config, rd: RunDir) -> tuple[Ranker | None, dict[str, Any]]:
     return Ranker(booster, names), info
 
 
+def ranker_input(cands: pd.DataFrame) -> pd.DataFrame:
+    """The candidates the ranker and the blend order: those of RANKER_SOURCES."""
+    keep = cands["source"].isin(RANKER_SOURCES)
+    return cands if keep.all() else cands[keep]
+
+
 def rank_candidates(cfg: Config, ranker: Ranker | None, ctx: Context, cands: pd.DataFrame,
                     batch_users: int = 2_000, space: FeatureSpace | None = None) -> pd.DataFrame:  # fmt: skip
     """Long candidates -> the ranked list (RANKED_COLUMNS, top rank.top_k per user): the
     ranker's order, or the RRF blend when there is no ranker."""
     k = cfg.rank.top_k
+    cands = ranker_input(cands)
     if ranker is None:
         return blend(cands, cfg.retrieve.source_weights, cfg.rerank.rrf_k, k)
     space = space or FeatureSpace.build(ctx)

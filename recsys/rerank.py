@@ -6,8 +6,9 @@ pool and skips items already placed in an earlier section (no duplicates on a pa
 - because_you_viewed: what followed the most recent anchor item (co-visitation)
 - trending:           trending in the user's top category
 - new_for_you:        new arrivals ranked by the user vector (cold-start items)
-- discover:           long-tail items (popularity beyond the configured quantile)
-                      from the ranked candidates: the long-tail exposure quota
+- discover:           the long-tail exposure quota: ranked candidates beyond the
+                      popularity quantile, interleaved with the long_tail source
+                      (items with too little history, matched by their text)
 Every section applies the category cap. Every slot carries its source, score and reason.
 Users without enough history are served a segment fallback homepage built here too.
 """
@@ -131,13 +132,16 @@ class SectionBuilder:
         r = self.row_of.get(item_id)
         return str(self.ctx.catalog.title[r]) if r is not None else item_id
 
-    def _diversify(self, pool: Pool, k: int) -> list[int]:
+    def _diversify(self, pool: Pool, k: int, rel: np.ndarray | None = None) -> list[int]:
+        """Positions of pool to show, in order; rel [n] replaces the pool's scores as
+        relevance (for pools merged from lists whose scores are not comparable)."""
         rc = self.cfg.rerank
         cats = self.ctx.catalog.category[pool.rows]
         v = self.vecs[pool.rows]
         # Relevance in [0, 1] minus a popularity penalty: spreads exposure over the
         # catalog (coverage) at a small cost in accuracy; see rerank.popularity_penalty.
-        rel = _normalise(np.asarray(pool.score, dtype=np.float64)) - rc.popularity_penalty * self.head_share[pool.rows]
+        score = pool.score if rel is None else rel
+        rel = _normalise(np.asarray(score, dtype=np.float64)) - rc.popularity_penalty * self.head_share[pool.rows]
         if rc.method == "dpp":
             return dpp_select(rel, v, k, rc.mmr_lambda, cats, self.k_cap)
         return mmr_select(rel, v, k, rc.mmr_lambda, cats, self.k_cap)
@@ -210,11 +214,19 @@ class SectionBuilder:
 
     def discover(self, spec: SectionSpec, user: str, ranked: Pool, by_source: dict[str, Pool],
                  used: set[int]) -> tuple[list[dict[str, Any]], str]:  # fmt: skip
-        """The long-tail quota: ranked candidates beyond the popularity quantile."""
-        pool = ranked.without(used)
-        pool = pool.where(self.long_tail[pool.rows])
-        reason = "Off the beaten track: fewer people have found this yet"
-        return self._slots(pool, self._diversify(pool, spec.size), lambda p: reason), spec.title
+        """The long-tail quota from both paths to the tail, interleaved and diversified:
+        the ranked candidates beyond the popularity quantile (behaviour says they fit) and
+        the long_tail source (items with too little history, matched by their text)."""
+        tail = ranked.without(used)
+        tail = tail.where(self.long_tail[tail.rows])
+        text = by_source.get("long_tail", Pool.empty()).without(used).without(set(tail.rows.tolist()))
+        pool = Pool.concat(tail, text)
+        # Interleave the two lists by position (each is best first): [n] in (0, 1].
+        rel = np.r_[1.0 / (1.0 + np.arange(len(tail))), 1.0 / (1.0 + np.arange(len(text)))]
+        by_text = np.r_[np.zeros(len(tail), dtype=bool), np.ones(len(text), dtype=bool)]
+        reasons = ("Off the beaten track: fewer people have found this yet", SOURCES["long_tail"].reason(""))
+        picks = self._diversify(pool, spec.size, rel)
+        return self._slots(pool, picks, lambda p: reasons[int(by_text[p])]), spec.title
 
     def _reason(self, pool: Pool, p: int) -> str:
         src = str(pool.source[p])
@@ -255,6 +267,13 @@ class Pool:
 
     def __len__(self) -> int:
         return len(self.item)
+
+    @staticmethod
+    def concat(a: Pool, b: Pool) -> Pool:
+        """a's candidates, then b's."""
+        return Pool(
+            *(np.concatenate([getattr(a, f), getattr(b, f)]) for f in ("item", "rows", "score", "source", "anchor"))
+        )
 
     def where(self, mask: np.ndarray) -> Pool:
         return Pool(self.item[mask], self.rows[mask], self.score[mask], self.source[mask], self.anchor[mask])

@@ -49,3 +49,29 @@ def test_pools_drop_non_finite_scores():
                        "score": [1.0, np.nan, np.inf, 0.5], "rank": [1, 2, 3, 4]})  # fmt: skip
     pools = split_pools(df, pd.Index(["a", "b", "c", "d"]), "rank", by_source=False)
     assert list(pools["u"].item) == ["a", "d"] and np.isfinite(pools["u"].score).all()
+
+
+def test_discover_interleaves_ranked_tail_and_text_matched_items():
+    """tiny_context popularity (pop_score) i3 5 > i0 2 > i1 1 > i2 0; with the long-tail
+    quantile at 0.5 the tail is i1 and i2. The ranked tail (i1) and the long_tail source
+    (i0; its i1 is already in the ranked tail) fill the section, each with its reason;
+    an item already on the page (i2) is skipped."""
+    from recsys.config import Config, RerankConfig, SectionSpec
+    from recsys.rerank import Pool, SectionBuilder
+    from tests.test_rank import tiny_context
+
+    ctx = tiny_context()
+    ctx.cfg = Config(rerank=RerankConfig(long_tail_quantile=0.5))
+    b = SectionBuilder(ctx.cfg, ctx)
+
+    def pool(rows, source):
+        rows = np.array(rows)
+        return Pool(ctx.catalog.ids[rows], rows, np.linspace(1, 0.5, len(rows)),
+                    np.array([source] * len(rows), dtype=object), np.array([""] * len(rows), dtype=object))  # fmt: skip
+
+    ranked = pool([3, 2, 1, 0], "two_tower")
+    spec = SectionSpec(key="discover", title="Discover", size=4)
+    items, title = b.discover(spec, "u0", ranked, {"long_tail": pool([0, 1], "long_tail")}, used={2})
+    assert [(s["item_id"], s["source"]) for s in items] == [("i1", "two_tower"), ("i0", "long_tail")]
+    assert items[0]["reason"].startswith("Off the beaten track") and "Few people" in items[1]["reason"]
+    assert title == "Discover"

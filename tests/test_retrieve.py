@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.config import RetrieveConfig
+from recsys.config import Config, ModelConfig, RetrieveConfig
 from recsys.retrieve import CANDIDATE_COLUMNS, SOURCES, FaissIndex, TorchIndex, blend, load_context
 
 pytestmark = [pytest.mark.slow]
@@ -64,3 +64,20 @@ def test_blend_by_hand():
         ["a", 1, "s2", "s1,s2"], ["c", 2, "s2", "s2"], ["b", 3, "s1", "s1"]]  # fmt: skip
     assert out["score"].tolist() == [3.0, 1.0, 0.5]
     assert out.iloc[0]["anchor"] == "x"
+
+
+def test_text_known_sources_split_the_items_without_history():
+    """tiny_context: i0 (2 events) and i1 (1 event) are old, i2 (0 events) arrived 10
+    days before the cutoff, i3 has 5 events. The user vector is i0's axis."""
+    from recsys.retrieve import LongTailSource, NewArrivalsSource
+    from tests.test_rank import tiny_context
+
+    ctx = tiny_context()
+    tail = LongTailSource(ctx).generate(["u0", "nobody"], k=5)
+    # old and below model.id_embedding_min_count (3) events, by the user vector: i0 . u = 1, i1 . u = 0
+    assert tail["item_id"].tolist() == ["i0", "i1"] and tail["source_rank"].tolist() == [1, 2]
+    assert tail["score"].tolist() == pytest.approx([1.0, 0.0])
+    assert NewArrivalsSource(ctx).generate(["u0"], k=5)["item_id"].tolist() == ["i2"]
+    ctx2 = tiny_context()
+    ctx2.cfg = Config(model=ModelConfig(id_embedding_min_count=2))  # i0's 2 events now earn an id embedding
+    assert LongTailSource(ctx2).generate(["u0"], k=5)["item_id"].tolist() == ["i1"]

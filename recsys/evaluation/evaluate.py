@@ -34,7 +34,7 @@ from recsys.config import Config
 from recsys.evaluation.metrics import catalog_coverage, intra_list_diversity, per_user_metrics, summarise
 from recsys.evaluation.report import render_report
 from recsys.features import Sequences, load_sequences
-from recsys.rank import load_ranker, rank_candidates
+from recsys.rank import load_ranker, rank_candidates, ranker_input
 from recsys.rerank import build_slates, flatten
 from recsys.retrieve import SOURCES, Context, blend, generate_all, load_context
 from recsys.rundir import RunDir
@@ -215,7 +215,8 @@ def method_lists(cfg: Config, rd: RunDir, ctx: Context, users: list[str]) -> dic
     if e is not None:
         lists["ease"] = e
         log.info("evaluate: EASE over %d items in %.1fs", len(np.unique(ctx.seqs.items)), time.time() - t)
-    lists["blended"] = _lists(blend(cands, cfg.retrieve.source_weights, cfg.rerank.rrf_k, cfg.retrieve.top_k), "rank")
+    blended = blend(ranker_input(cands), cfg.retrieve.source_weights, cfg.rerank.rrf_k, cfg.retrieve.top_k)
+    lists["blended"] = _lists(blended, "rank")
     ranked = rank_candidates(cfg, load_ranker(rd), ctx, cands)
     lists["ranked"] = _lists(ranked, "rank")
     slates = build_slates(cfg, ctx, ranked, cands)
