@@ -149,3 +149,15 @@ def test_empty_candidates_give_an_empty_feature_matrix():
     assert len(pairs) == 0 and "two_tower_rank" in pairs
     X, names = pair_features(FeatureSpace.build(ctx), pairs, recent=3)
     assert X.shape == (0, len(names)) and len(names) > 30
+
+
+def test_validation_folds_cover_small_data_and_sample_large():
+    from recsys.rank import validation_folds
+
+    users = np.array([f"u{i}" for i in range(12)], dtype=object)
+    folds = validation_folds(Config(), users)  # 12 < rank.cv_max_users: 5 folds
+    assert len(folds) == 5 and sorted(len(f) for f in folds) == [2, 2, 2, 3, 3]
+    assert set().union(*folds) == set(users) and sum(len(f) for f in folds) == 12  # disjoint, every user once
+    big = load_config(overrides={"rank": {"cv_max_users": 10, "val_fraction": 0.25}}, environ={})
+    (one,) = validation_folds(big, users)  # 12 >= cv_max_users: one seeded 25% sample
+    assert len(one) == 3 and one == validation_folds(big, users)[0]
