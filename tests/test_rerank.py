@@ -53,25 +53,55 @@ def test_pools_drop_non_finite_scores():
 
 def test_discover_interleaves_ranked_tail_and_text_matched_items():
     """tiny_context popularity (pop_score) i3 5 > i0 2 > i1 1 > i2 0; with the long-tail
-    quantile at 0.5 the tail is i1 and i2. The ranked tail (i1) and the long_tail source
-    (i0; its i1 is already in the ranked tail) fill the section, each with its reason;
-    an item already on the page (i2) is skipped."""
+    quantile at 0.5 the tail is i1 and i2. Top picks (one slot) takes i2 (best score, least
+    popular). Discover then gets the ranked tail left (i1) and the long_tail source (i0;
+    its i1 is already in the ranked tail), each slot with its own reason."""
     from recsys.config import Config, RerankConfig, SectionSpec
     from recsys.rerank import Pool, SectionBuilder
     from tests.test_rank import tiny_context
 
     ctx = tiny_context()
-    ctx.cfg = Config(rerank=RerankConfig(long_tail_quantile=0.5))
-    b = SectionBuilder(ctx.cfg, ctx)
+    sections = [
+        SectionSpec(key="top_picks", title="Top", size=1),
+        SectionSpec(key="discover", title="Discover", size=4),
+    ]
+    ctx.cfg = Config(rerank=RerankConfig(long_tail_quantile=0.5, sections=sections))
 
     def pool(rows, source):
         rows = np.array(rows)
         return Pool(ctx.catalog.ids[rows], rows, np.linspace(1, 0.5, len(rows)),
                     np.array([source] * len(rows), dtype=object), np.array([""] * len(rows), dtype=object))  # fmt: skip
 
-    ranked = pool([3, 2, 1, 0], "two_tower")
-    spec = SectionSpec(key="discover", title="Discover", size=4)
-    items, title = b.discover(spec, "u0", ranked, {"long_tail": pool([0, 1], "long_tail")}, used={2})
-    assert [(s["item_id"], s["source"]) for s in items] == [("i1", "two_tower"), ("i0", "long_tail")]
-    assert items[0]["reason"].startswith("Off the beaten track") and "Few people" in items[1]["reason"]
-    assert title == "Discover"
+    pages = SectionBuilder(ctx.cfg, ctx).build_pages(
+        ["u0", "nobody"], {"u0": pool([2, 3, 1, 0], "two_tower")}, {"u0": {"long_tail": pool([0, 1], "long_tail")}}
+    )
+    assert list(pages) == ["u0"]  # no candidates, no page
+    (top, disc) = pages["u0"]
+    assert (top["key"], [s["item_id"] for s in top["items"]]) == ("top_picks", ["i2"])
+    assert disc["title"] == "Discover"
+    assert [(s["item_id"], s["source"]) for s in disc["items"]] == [("i1", "two_tower"), ("i0", "long_tail")]
+    assert disc["items"][0]["reason"].startswith("Off the beaten track") and "Few people" in disc["items"][1]["reason"]
+
+
+def test_mmr_batch_rows_are_independent_of_the_batch():
+    """Each row of a padded batch picks exactly what it picks alone, caps and ties included."""
+    from recsys.rerank import mmr_select_batch
+
+    rng = np.random.default_rng(3)
+    B, n, d = 40, 30, 8
+    lens = rng.integers(0, n + 1, B)
+    rel = np.round(rng.random((B, n)), 1)  # rounded: ties happen
+    rel[np.arange(n)[None, :] >= lens[:, None]] = np.nan
+    v = rng.normal(size=(B, n, d)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=2, keepdims=True)
+    cats = rng.integers(0, 4, (B, n))
+    both = mmr_select_batch(rel, v, 12, 0.7, cats, cap=3)
+    for b in range(B):
+        m = lens[b]
+        alone = mmr_select_batch(rel[b : b + 1, :m], v[b : b + 1, :m], 12, 0.7, cats[b : b + 1, :m], cap=3)[0]
+        assert both[b].tolist() == alone.tolist()
+        picked = [j for j in alone if j >= 0]
+        allowed = np.minimum(np.bincount(cats[b, :m], minlength=4), 3).sum()  # what the cap leaves
+        assert len(set(picked)) == len(picked) == min(12, allowed)
+        assert np.bincount(cats[b, picked], minlength=4).max() <= 3
+    assert (both[lens == 0] == -1).all()  # an empty row picks nothing
