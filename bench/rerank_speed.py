@@ -9,8 +9,6 @@ reference: how the stage worked before), in one run; the pages must be identical
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,7 +19,6 @@ sys.path.insert(0, str(ROOT))
 import pandas as pd  # noqa: E402
 
 from recsys import rerank  # noqa: E402
-from recsys.config import Config  # noqa: E402
 from recsys.retrieve import load_context  # noqa: E402
 from recsys.rundir import RunDir  # noqa: E402
 
@@ -31,10 +28,8 @@ def main() -> None:
     p.add_argument("--run-dir", required=True, help="runs/<date>/<tag> of a finished run")
     p.add_argument("--repeat", type=int, default=3)
     a = p.parse_args()
-    run_dir = Path(a.run_dir).resolve()
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    cfg = Config.model_validate(manifest["config"])
-    rd = RunDir(cfg, dt.date.fromisoformat(manifest["logical_date"]))
+    rd = RunDir.open(a.run_dir)
+    cfg = rd.cfg
     ctx = load_context(cfg, rd, "full")
     ranked = pd.read_parquet(rd.path("candidates", "ranked.parquet"))
     by_source = pd.read_parquet(rd.path("candidates", "by_source.parquet"))

@@ -77,6 +77,13 @@ class RunDir:
             else None
         )
 
+    @classmethod
+    def open(cls, run_dir: str | Path) -> RunDir:
+        """A finished run's directory (runs/<date>/<id>) with the config it ran with
+        (from its manifest; secrets were never saved there)."""
+        manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
+        return cls(Config.model_validate(manifest["config"]), dt.date.fromisoformat(manifest["logical_date"]))
+
     def sync_in(self) -> None:
         """Before a stage: the run's files from a URL work root (no-op for local roots)."""
         if self.remote:

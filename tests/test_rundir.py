@@ -98,3 +98,14 @@ def test_publish_refuses_slates_changed_after_evaluate(tiny_run, tmp_path):
         run_publish(cfg2, rd)
     shutil.copy(src.path("slates", "fallback.parquet"), fb)
     assert run_publish(cfg2, rd)["switched"]
+
+
+def test_open_a_finished_run_from_its_directory(tiny_run):
+    from recsys.rundir import RunDir
+    from tests.conftest import RUN_DATE
+
+    cfg, _ = tiny_run
+    rd = RunDir(cfg, RUN_DATE)
+    opened = RunDir.open(rd.final)
+    assert (opened.final, opened.date) == (rd.final, RUN_DATE)
+    assert opened.cfg.fingerprint() == cfg.fingerprint()
