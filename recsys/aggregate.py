@@ -294,12 +294,22 @@ def item_stats(inter: DataFrame, catalog: DataFrame, cutoff: dt.date, trending_d
 
     start_trend = cutoff - dt.timedelta(days=trending_days)
     ev = inter.where(F.col("positive") & (F.col("ts") < _ts_lit(cutoff)))
-    agg = ev.groupBy("item_id").agg(
-        F.count("*").alias("n_events"),
-        F.countDistinct("user_id").alias("n_users"),
-        F.sum("weight").alias("pop_score"),
-        F.sum(F.when(F.col("ts") >= _ts_lit(start_trend), F.col("weight")).otherwise(0.0)).alias("trend_score"),
-        F.min("ts").alias("first_event_ts"),
+    # Two plain sums instead of countDistinct beside sums: Spark plans countDistinct
+    # with other aggregates as an Expand that copies every event row once per distinct
+    # group (measured 10x DuckDB on this step); per (item, user) first, the pairs are
+    # far fewer than the events, and n_users is then a plain count.
+    per_user = ev.groupBy("item_id", "user_id").agg(
+        F.count("*").alias("n"),
+        F.sum("weight").alias("w"),
+        F.sum(F.when(F.col("ts") >= _ts_lit(start_trend), F.col("weight")).otherwise(0.0)).alias("t"),
+        F.min("ts").alias("first"),
+    )
+    agg = per_user.groupBy("item_id").agg(
+        F.sum("n").alias("n_events"),
+        F.count("*").alias("n_users"),
+        F.sum("w").alias("pop_score"),
+        F.sum("t").alias("trend_score"),
+        F.min("first").alias("first_event_ts"),
     )
     out = catalog.select("item_id", "category", "created_at", "available").join(agg, "item_id", "left")
     return out.select(

@@ -108,6 +108,7 @@ def test_covisitation_directed_with_distance_decay(spark):
 def test_item_stats_exclusions_holdout(spark):
     ev = clean_events(spark, [
         ("u1", "a", "view", "2026-11-10T10:00:00", None),
+        ("u1", "a", "click", "2026-11-17T10:00:00", None),  # u1 again: one more event, not user
         ("u2", "a", "purchase", "2026-11-20T10:00:00", None),
         ("u1", "b", "purchase", "2026-11-21T10:00:00", None),
     ])  # fmt: skip
@@ -117,9 +118,10 @@ def test_item_stats_exclusions_holdout(spark):
         "item_id string, category string, created_at timestamp, available boolean",
     )
     split = dt.date(2026, 11, 21)
-    st = {r.item_id: (r.n_events, r.n_users, r.pop_score, r.trend_score) for r in
-          item_stats(inter, catalog, split, trending_days=5).collect()}  # fmt: skip
-    assert st == {"a": (2, 2, 9.0, 8.0), "b": (0, 0, 0.0, 0.0), "c": (0, 0, 0.0, 0.0)}
+    rows = item_stats(inter, catalog, split, trending_days=5).collect()
+    st = {r.item_id: (r.n_events, r.n_users, r.pop_score, r.trend_score) for r in rows}
+    assert st == {"a": (3, 2, 11.0, 10.0), "b": (0, 0, 0.0, 0.0), "c": (0, 0, 0.0, 0.0)}
+    assert {r.item_id: r.first_event_ts for r in rows} == {"a": ts("2026-11-10T10:00:00"), "b": None, "c": None}
     pairs = lambda df: sorted((r.user_id, r.item_id) for r in df.collect())  # noqa: E731
     assert pairs(exclusions(inter, "purchased", D)) == [("u1", "b"), ("u2", "a")]
     assert pairs(exclusions(inter, "purchased", split)) == [("u2", "a")]
