@@ -460,7 +460,7 @@ def test_migration_002_adopts_a_homepage_served_by_001(pg_url):
             c.exec_driver_sql(f"GRANT USAGE ON SCHEMA homepage TO {role}")
             c.exec_driver_sql(f"GRANT SELECT ON homepage.current, homepage.current_fallback TO {role}")
         with e.begin() as c:
-            assert db.apply_migrations(c) == ["002_live_pointer"]
+            assert db.apply_migrations(c) == ["002_live_pointer", "003_get_homepage_plpgsql"]
         with e.begin() as c:
             c.exec_driver_sql(f"SET LOCAL ROLE {role}")
             assert c.execute(text("SELECT sections FROM homepage.current WHERE user_id = 'u1'")).scalar_one()[0][
