@@ -1,8 +1,13 @@
 """The site while a night happens: 32 concurrent clients call homepage.get_homepage
 (psycopg2, loopback) before, during and after a publish and a retention run.
 
-    python bench/serving.py --users 100000 --clients 32
+    python bench/serving.py --users 100000 --clients 32 [--rate 2000]
 
+Each client is its own process with its own connection (32 threads in one Python
+process measured the GIL, not the lookup). --rate R offers R calls/s in all (open loop,
+Poisson arrivals, latency from the scheduled arrival), the way a site's page views
+arrive; without it every client calls back to back, which on a shared 2-core machine
+measures saturation (latency = clients / throughput), not the lookup.
 Creates and drops its own database on 127.0.0.1:5432. Every page carries its version in
 each item id, so a client detects a mixed page (items of two versions) as well as an
 empty one or an error. Prints p50/p99/max latency per phase as a markdown table, plus
@@ -13,10 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import random
-import threading
 import time
 import uuid
+from typing import Any
 
 import numpy as np
 import psycopg2
@@ -57,51 +63,96 @@ def publish(engine, version: str, users: int, keep: int) -> dict:  # type: ignor
             "dropped": dropped, "deferred": deferred, "run": run}  # fmt: skip
 
 
+PHASES = ("before", "during publish (COPY, switch)", "during retention (drop v1)", "after")
+
+
+def client(i: int, dsn: dict, users: int, rate: float, phase: Any, stop: Any, out: Any) -> None:
+    """One site connection in its own process (no GIL shared with the other clients).
+
+    rate > 0: open loop, Poisson arrivals at `rate` calls/s; latency counts from the
+    scheduled arrival, so a call that had to wait behind a slow one is charged for the
+    wait (no coordinated omission). rate 0: closed loop, the next call as soon as the
+    last returns (the machine's saturation: latency = clients / throughput).
+    """
+    conn = psycopg2.connect(**dsn)
+    conn.autocommit = True
+    cur = conn.cursor()
+    rng = random.Random(i)
+    lat: dict[int, list[float]] = {}
+    errors: dict[int, int] = {}
+    bad: dict[int, int] = {}
+    due = time.perf_counter()
+    while not stop.is_set():
+        if rate > 0:
+            due += rng.expovariate(rate)
+            wait = due - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+        ph = phase.value
+        u = rng.randrange(int(users * 1.1))  # 10% unknown users: the segment fallback
+        t = due if rate > 0 else time.perf_counter()
+        try:
+            cur.execute("SELECT homepage.get_homepage(%s)", (f"u{u:07d}",))
+            p = cur.fetchone()[0]
+        except psycopg2.Error:
+            errors[ph] = errors.get(ph, 0) + 1
+            conn = psycopg2.connect(**dsn)
+            conn.autocommit = True
+            cur = conn.cursor()
+            continue
+        lat.setdefault(ph, []).append(time.perf_counter() - t)
+        versions = {it["item_id"].split(":")[0] for s in (p or {}).get("sections", []) for it in s["items"]}
+        if not p or not p["sections"] or len(versions) != 1:
+            bad[ph] = bad.get(ph, 0) + 1
+    conn.close()
+    out.put((lat, errors, bad))
+
+
 class Clients:
-    def __init__(self, dsn: dict, n: int, users: int) -> None:
-        self.dsn, self.n, self.users = dsn, n, users
-        self.phase = "before"
-        self.stop = threading.Event()
+    """n client processes; `phase` tags each call with the phase it started in."""
+
+    def __init__(self, dsn: dict, n: int, users: int, rate: float) -> None:
+        ctx = mp.get_context("fork")
+        self.phase = ctx.Value("i", 0)
+        self.stop = ctx.Event()
+        self.out: Any = ctx.Queue()
+        self.procs = [ctx.Process(target=client, args=(i, dsn, users, rate / n if rate else 0.0, self.phase,
+                                                        self.stop, self.out)) for i in range(n)]  # fmt: skip
         self.lat: dict[str, list[float]] = {}
         self.errors: dict[str, int] = {}
         self.bad: dict[str, int] = {}
-        self.lock = threading.Lock()
 
-    def run(self, i: int) -> None:
-        conn = psycopg2.connect(**self.dsn)
-        conn.autocommit = True
-        cur = conn.cursor()
-        rng = random.Random(i)
-        local: dict[str, list[float]] = {}
-        while not self.stop.is_set():
-            phase = self.phase
-            u = rng.randrange(int(self.users * 1.1))  # 10% unknown users: the segment fallback
-            t = time.perf_counter()
-            try:
-                cur.execute("SELECT homepage.get_homepage(%s)", (f"u{u:07d}",))
-                p = cur.fetchone()[0]
-            except psycopg2.Error:
-                with self.lock:
-                    self.errors[phase] = self.errors.get(phase, 0) + 1
-                conn = psycopg2.connect(**self.dsn)
-                conn.autocommit = True
-                cur = conn.cursor()
-                continue
-            local.setdefault(phase, []).append(time.perf_counter() - t)
-            versions = {it["item_id"].split(":")[0] for s in (p or {}).get("sections", []) for it in s["items"]}
-            if not p or not p["sections"] or len(versions) != 1:
-                with self.lock:
-                    self.bad[phase] = self.bad.get(phase, 0) + 1
-        with self.lock:
-            for k, v in local.items():
-                self.lat.setdefault(k, []).extend(v)
-        conn.close()
+    def start(self) -> None:
+        for p in self.procs:
+            p.start()
+
+    def set_phase(self, name: str) -> None:
+        self.phase.value = PHASES.index(name)
+
+    def finish(self) -> None:
+        self.stop.set()
+        for _ in self.procs:
+            lat, errors, bad = self.out.get(timeout=120)
+            for k, v in lat.items():
+                self.lat.setdefault(PHASES[k], []).extend(v)
+            for k, v in errors.items():
+                self.errors[PHASES[k]] = self.errors.get(PHASES[k], 0) + v
+            for k, v in bad.items():
+                self.bad[PHASES[k]] = self.bad.get(PHASES[k], 0) + v
+        for p in self.procs:
+            p.join()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--users", type=int, default=100_000)
     ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="calls/s over all clients (open loop, Poisson); 0 = closed loop (saturation)",
+    )
     ap.add_argument("--settle-s", type=float, default=5.0, help="seconds measured before and after")
     args = ap.parse_args()
     name = f"recsys_serving_{uuid.uuid4().hex[:8]}"
@@ -117,43 +168,51 @@ def main() -> None:
         with engine.connect() as c:
             size = c.exec_driver_sql(f"SELECT pg_total_relation_size('{first['run']['slates_table']}')").scalar_one()
         clients = Clients(
-            {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": name}, args.clients, args.users
+            {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": name},
+            args.clients,
+            args.users,
+            args.rate,
         )
-        threads = [threading.Thread(target=clients.run, args=(i,)) for i in range(args.clients)]
-        for t in threads:
-            t.start()
+        clients.start()
+        time.sleep(1.0)  # connections open before the clock starts
+        secs = {}
+        t_ph = time.time()
         time.sleep(args.settle_s)
-        clients.phase = "during publish (COPY, switch)"
+        secs["before"], t_ph = time.time() - t_ph, time.time()
+        clients.set_phase("during publish (COPY, switch)")
         info = publish(engine, "v3", args.users, keep=10)  # retention separately below (the pages of v3
         # are generated inside this phase too: the clients see a busy machine, as on a real night)
-        clients.phase = "during retention (drop v1)"
+        secs["during publish (COPY, switch)"], t_ph = time.time() - t_ph, time.time()
+        clients.set_phase("during retention (drop v1)")
         t0 = time.time()
         with engine.begin() as c:
             dropped, deferred = db.apply_retention(c, 1)
         t_ret = time.time() - t0
         time.sleep(1.0)
-        clients.phase = "after"
+        secs["during retention (drop v1)"], t_ph = time.time() - t_ph, time.time()
+        clients.set_phase("after")
         time.sleep(args.settle_s)
-        clients.stop.set()
-        for t in threads:
-            t.join()
+        secs["after"] = time.time() - t_ph
+        clients.finish()
     finally:
         engine.dispose()
         with admin.connect() as c:
             c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.dispose()
-    print(f"\n{args.users} users, {args.clients} clients; publish {info['rows_per_s']:,.0f} rows/s "
+    mode = f"open loop at {args.rate:,.0f} calls/s" if args.rate else "closed loop"
+    print(f"\n{args.users} users, {args.clients} client processes, {mode}; publish {info['rows_per_s']:,.0f} rows/s "
           f"(load {info['load_s']:.1f} s, switch {info['switch_s'] * 1000:.1f} ms); retention {t_ret:.2f} s "
           f"dropped {dropped} deferred {deferred}; {size / args.users:.0f} bytes per user stored\n")  # fmt: skip
-    print("| phase | calls | p50 ms | p99 ms | max ms | errors | empty or mixed pages |")
-    print("|---|---|---|---|---|---|---|")
-    for phase in ("before", "during publish (COPY, switch)", "during retention (drop v1)", "after"):
+    print("| phase | calls | calls/s | p50 ms | p99 ms | max ms | errors | empty or mixed pages |")
+    print("|---|---|---|---|---|---|---|---|")
+    for phase in PHASES:
         lat = np.array(clients.lat.get(phase, [])) * 1000
+        err, bad = clients.errors.get(phase, 0), clients.bad.get(phase, 0)
         if len(lat) == 0:
-            print(f"| {phase} | 0 | | | | {clients.errors.get(phase, 0)} | {clients.bad.get(phase, 0)} |")
+            print(f"| {phase} | 0 | | | | | {err} | {bad} |")
             continue
-        print(f"| {phase} | {len(lat)} | {np.percentile(lat, 50):.2f} | {np.percentile(lat, 99):.2f} | "
-              f"{lat.max():.1f} | {clients.errors.get(phase, 0)} | {clients.bad.get(phase, 0)} |")  # fmt: skip
+        print(f"| {phase} | {len(lat):,} | {len(lat) / secs[phase]:,.0f} | {np.percentile(lat, 50):.2f} | "
+              f"{np.percentile(lat, 99):.2f} | {lat.max():.1f} | {err} | {bad} |")  # fmt: skip
 
 
 if __name__ == "__main__":

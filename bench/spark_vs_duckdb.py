@@ -4,7 +4,7 @@ from the same validated files, in the same run, on the same cores.
     python bench/spark_vs_duckdb.py --run-dir /tmp/scale100k/work/runs/2026-11-21/main
 
 Both engines read `validated/events` and `validated/catalog`, compute the serving split's
-user sequences (runs of one item collapsed, last model.max_seq_len), item statistics
+user sequences (runs of one item collapsed, last model.max_history, as the stage keeps), item statistics
 (count, users, weighted popularity, trend) and co-visitation (window, top n), and write
 each to parquet. Prints seconds per feature and engine, the ratio, and how far the
 outputs agree (exact for sequences and statistics; co-visitation pairs whose score
@@ -42,17 +42,16 @@ def spark_features(cfg, run_date: dt.date, src: Path, out: Path) -> dict[str, fl
     inter.count()  # both engines start from the parsed files: read + cache is timed below
     times = {}
     t = time.time()
-    agg.sequences(inter, run_date, cfg.model.max_seq_len).write.mode("overwrite").parquet(str(out / "sequences"))
+    # The stage's own writer (agg._write), so its file layout is what is measured.
+    agg._write(agg.sequences(inter, run_date, cfg.model.max_history), str(out / "sequences"))
     times["sequences"] = time.time() - t
     t = time.time()
-    agg.item_stats(inter, catalog, run_date, cfg.retrieve.trending_days).write.mode("overwrite").parquet(
-        str(out / "item_stats")
-    )
+    agg._write(agg.item_stats(inter, catalog, run_date, cfg.retrieve.trending_days), str(out / "item_stats"))
     times["item_stats"] = time.time() - t
     t = time.time()
     seqs = spark.read.parquet(str(out / "sequences"))
     cov = agg.covisitation(seqs, cfg.retrieve.covis_window, cfg.retrieve.covis_neighbors)
-    cov.write.mode("overwrite").parquet(str(out / "covisitation"))
+    agg._write(cov, str(out / "covisitation"))
     times["covisitation"] = time.time() - t
     inter.unpersist()
     return times
@@ -86,7 +85,7 @@ def duckdb_features(cfg, run_date: dt.date, src: Path, out: Path, threads: int) 
           last AS (SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY run DESC) AS rn FROM runs)
           SELECT user_id, list(item_id ORDER BY run) AS items, list(event_type ORDER BY run) AS types,
                  list(ts ORDER BY run) AS ts
-          FROM last WHERE rn <= {cfg.model.max_seq_len} GROUP BY user_id
+          FROM last WHERE rn <= {cfg.model.max_history} GROUP BY user_id
         ) TO '{out}/sequences.parquet' (FORMAT parquet)""")
     times["sequences"] = time.time() - t
     t = time.time()
@@ -138,9 +137,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", type=Path, required=True, help="a run directory with validated/")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--shuffle-partitions", type=int, help="default: the config's spark.shuffle_partitions")
     args = ap.parse_args()
     manifest = json.loads((args.run_dir / "manifest.json").read_text())
-    cfg = load_config(overrides={"spark": {"master": f"local[{args.threads}]"}}, environ={})
+    spark_cfg = {"master": f"local[{args.threads}]"}
+    if args.shuffle_partitions:
+        spark_cfg["shuffle_partitions"] = args.shuffle_partitions
+    cfg = load_config(overrides={"spark": spark_cfg}, environ={})
     run_date = dt.date.fromisoformat(manifest["logical_date"])
     src = args.run_dir / "validated"
     work = Path(tempfile.mkdtemp(prefix="bench-sd-"))

@@ -420,8 +420,14 @@ def require_rows(raw: DataFrame, last: Partition, min_rows: int) -> None:
         )
 
 
-def _write(df: DataFrame, path: str, files: int = 1) -> None:
-    df.coalesce(files).write.mode("overwrite").parquet(path)
+def _write(df: DataFrame, path: str, files: int | None = None) -> None:
+    """Write parquet. files=None: one file per partition of the last stage (after a
+    shuffle, adaptive execution merges small partitions, so a small output is one
+    file). files=n: at most n files, for outputs without a shuffle of their own.
+    Never coalesce a shuffled result: coalesce(1) is a narrow dependency, so the whole
+    last stage (the window of sequences, the ranking of co-visitation, a final
+    aggregation) ran in one task on one core and spilled (measured below)."""
+    (df if files is None else df.coalesce(files)).write.mode("overwrite").parquet(path)
 
 
 def run_validate(cfg: Config, rd: RunDir) -> dict[str, object]:
@@ -445,8 +451,8 @@ def run_validate(cfg: Config, rd: RunDir) -> dict[str, object]:
         read_raw(spark, [cat_part], CATALOG_COLUMNS), run_date, ev.id_pattern, ev.id_max_length,
         ev.title_max_chars, ev.description_max_chars,
     )  # fmt: skip
-    _write(cat_clean, str(rd.path("validated", "catalog")))
-    _write(cat_q, str(rd.path("quarantine", "catalog")))
+    _write(cat_clean, str(rd.path("validated", "catalog")), files=1)
+    _write(cat_q, str(rd.path("quarantine", "catalog")), files=1)
     cat_clean = spark.read.parquet(str(rd.path("validated", "catalog")))
     n_items = cat_clean.count()
     if n_items == 0:
@@ -462,9 +468,9 @@ def run_validate(cfg: Config, rd: RunDir) -> dict[str, object]:
     # bot join for each (measured in docs/benchmarks.md, "Spark vs DuckDB").
     annotated = annotated.persist(StorageLevel.MEMORY_AND_DISK)
     clean, quarantine = split_annotated(annotated)
-    n_files = max(1, cfg.spark.shuffle_partitions // 2)
-    _write(clean, str(rd.path("validated", "events")), n_files)
-    _write(quarantine, str(rd.path("quarantine", "events")))
+    _write(clean, str(rd.path("validated", "events")))
+    # The rows are cached by now: one file costs one task's read of the cache.
+    _write(quarantine, str(rd.path("quarantine", "events")), files=1)
     annotated.unpersist()
 
     def reasons(path: str) -> dict[str, int]:
@@ -581,7 +587,7 @@ def run_aggregate(cfg: Config, rd: RunDir) -> dict[str, object]:
     catalog = spark.read.parquet(str(rd.require("validated", "catalog")))
     clean = spark.read.parquet(str(rd.require("validated", "events")))
     inter = interactions(clean, cfg.events.weights, cfg.events.min_rating_positive).cache()
-    _write(catalog, str(rd.path("features", "catalog")))
+    _write(catalog, str(rd.path("features", "catalog")), files=1)
     counts: dict[str, object] = {"protocol": cfg.evaluate.protocol if cfg.evaluate.enabled else "none"}
     splits, tables, labels = _splits(cfg, inter, run_date)
     counts["rank_labels_by"] = labels

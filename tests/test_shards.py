@@ -47,6 +47,17 @@ def test_read_table_returns_exactly_the_shards_rows(tmp_path):
     assert sorted(seen) == sorted(users)  # every row in exactly one shard
     assert shards.read_table(d, shards.NO_USERS).num_rows == 0
     assert shards.read_table(d, shards.NO_USERS).schema.names == ["user_id", "x"]
+    # users=: exactly those rows (ids on both sides of the file boundary, one unknown),
+    # also combined with a shard.
+    want = np.array(["u5", "u599", "u600", "u999", "nobody"], dtype=object)
+    assert sorted(shards.read_table(d, None, users=want).column("user_id").to_pylist()) == [
+        "u5",
+        "u599",
+        "u600",
+        "u999",
+    ]
+    in0 = shards.read_table(d, (0, 3), users=want).column("user_id").to_pylist()
+    assert sorted(in0) == sorted(u for u in ["u5", "u599", "u600", "u999"] if shards.shard_of(np.array([u]), 3)[0] == 0)
 
 
 def _copy_run(tiny_run, tmp_path, **scale):
