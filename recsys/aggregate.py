@@ -426,7 +426,7 @@ def _write(df: DataFrame, path: str, files: int | None = None) -> None:
     file). files=n: at most n files, for outputs without a shuffle of their own.
     Never coalesce a shuffled result: coalesce(1) is a narrow dependency, so the whole
     last stage (the window of sequences, the ranking of co-visitation, a final
-    aggregation) ran in one task on one core and spilled (measured below)."""
+    aggregation) ran in one task on one core (docs/benchmarks.md, 300,000 users)."""
     (df if files is None else df.coalesce(files)).write.mode("overwrite").parquet(path)
 
 
