@@ -98,11 +98,16 @@ def test_sequences_collapse_repeats_and_keep_strongest(spark):
 
 
 def test_covisitation_directed_with_distance_decay(spark):
-    seqs = spark.createDataFrame([("u1", ["a", "b", "c"]), ("u2", ["a", "b"])], "user_id string, items array<string>")
+    # u3: shorter than the window (no pairs, no error); u4: an item after itself is not
+    # its own neighbour (a -> a at distance 2 dropped), the others count.
+    seqs = spark.createDataFrame(
+        [("u1", ["a", "b", "c"]), ("u2", ["a", "b"]), ("u3", ["d"]), ("u4", ["a", "c", "a"])],
+        "user_id string, items array<string>",
+    )
     got = {(r.item_id, r.neighbor_id): (r.score, r["rank"]) for r in covisitation(seqs, window=2, top_n=5).collect()}
-    assert got == {("a", "b"): (2.0, 1), ("a", "c"): (0.5, 2), ("b", "c"): (1.0, 1)}
+    assert got == {("a", "b"): (2.0, 1), ("a", "c"): (1.5, 2), ("b", "c"): (1.0, 1), ("c", "a"): (1.0, 1)}
     top1 = {(r.item_id, r.neighbor_id) for r in covisitation(seqs, window=2, top_n=1).collect()}
-    assert top1 == {("a", "b"), ("b", "c")}
+    assert top1 == {("a", "b"), ("b", "c"), ("c", "a")}
 
 
 def test_item_stats_exclusions_holdout(spark):
