@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import random
 import time
 import uuid
@@ -43,13 +44,17 @@ def page(version: str, user: int) -> str:
     return json.dumps(secs, separators=(",", ":"))
 
 
-def publish(engine, version: str, users: int, keep: int) -> dict:  # type: ignore[no-untyped-def]
+def publish(engine, version: str, users: int, keep: int, nice: int = 0, cpu: int | None = None) -> dict:  # type: ignore[no-untyped-def]
     import datetime as dt
 
     day = dt.date(2026, 11, 1) + dt.timedelta(days=int(version[1:]))
     rows = [(f"u{u:07d}", page(version, u)) for u in range(users)]  # built before the clock starts
     t0 = time.time()
     with engine.begin() as c:
+        if nice:  # the COPY's server backend too (needs the right to renice postgres' processes)
+            os.setpriority(os.PRIO_PROCESS, c.exec_driver_sql("SELECT pg_backend_pid()").scalar_one(), nice)
+        if cpu is not None:
+            os.sched_setaffinity(c.exec_driver_sql("SELECT pg_backend_pid()").scalar_one(), {cpu})
         run = db.begin_run(c, day, "main", {}, {})
         sent = db.load_tables(c, run, rows, [("all", page(version, -1))])
         db.validate_loaded(c, run, sent, 0.0)
@@ -66,7 +71,19 @@ def publish(engine, version: str, users: int, keep: int) -> dict:  # type: ignor
 PHASES = ("before", "during publish (COPY, switch)", "during retention (drop v1)", "after")
 
 
-def client(i: int, dsn: dict, users: int, rate: float, phase: Any, stop: Any, out: Any) -> None:
+def connect(dsn: dict, cpus: set[int] | None) -> Any:
+    """An autocommit connection; cpus: pin this process and its server backend there."""
+    conn = psycopg2.connect(**dsn)
+    conn.autocommit = True
+    if cpus:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            os.sched_setaffinity(cur.fetchone()[0], cpus)
+        os.sched_setaffinity(0, cpus)
+    return conn
+
+
+def client(i: int, dsn: dict, users: int, rate: float, phase: Any, stop: Any, out: Any, cpus: set[int] | None) -> None:
     """One site connection in its own process (no GIL shared with the other clients).
 
     rate > 0: open loop, Poisson arrivals at `rate` calls/s; latency counts from the
@@ -74,8 +91,7 @@ def client(i: int, dsn: dict, users: int, rate: float, phase: Any, stop: Any, ou
     wait (no coordinated omission). rate 0: closed loop, the next call as soon as the
     last returns (the machine's saturation: latency = clients / throughput).
     """
-    conn = psycopg2.connect(**dsn)
-    conn.autocommit = True
+    conn = connect(dsn, cpus)
     cur = conn.cursor()
     rng = random.Random(i)
     lat: dict[int, list[float]] = {}
@@ -96,8 +112,7 @@ def client(i: int, dsn: dict, users: int, rate: float, phase: Any, stop: Any, ou
             p = cur.fetchone()[0]
         except psycopg2.Error:
             errors[ph] = errors.get(ph, 0) + 1
-            conn = psycopg2.connect(**dsn)
-            conn.autocommit = True
+            conn = connect(dsn, cpus)
             cur = conn.cursor()
             continue
         lat.setdefault(ph, []).append(time.perf_counter() - t)
@@ -111,13 +126,13 @@ def client(i: int, dsn: dict, users: int, rate: float, phase: Any, stop: Any, ou
 class Clients:
     """n client processes; `phase` tags each call with the phase it started in."""
 
-    def __init__(self, dsn: dict, n: int, users: int, rate: float) -> None:
+    def __init__(self, dsn: dict, n: int, users: int, rate: float, cpus: set[int] | None = None) -> None:
         ctx = mp.get_context("fork")
         self.phase = ctx.Value("i", 0)
         self.stop = ctx.Event()
         self.out: Any = ctx.Queue()
         self.procs = [ctx.Process(target=client, args=(i, dsn, users, rate / n if rate else 0.0, self.phase,
-                                                        self.stop, self.out)) for i in range(n)]  # fmt: skip
+                                                        self.stop, self.out, cpus)) for i in range(n)]  # fmt: skip
         self.lat: dict[str, list[float]] = {}
         self.errors: dict[str, int] = {}
         self.bad: dict[str, int] = {}
@@ -154,6 +169,13 @@ def main() -> None:
         help="calls/s over all clients (open loop, Poisson); 0 = closed loop (saturation)",
     )
     ap.add_argument("--settle-s", type=float, default=5.0, help="seconds measured before and after")
+    ap.add_argument("--publisher-nice", type=int, default=0,
+                    help="niceness of the publishing process (the pages' JSON is built in it): a real night's "
+                         "batch worker is not on the database host; 19 (this process and its COPY's server backend) approximates "
+                         "that on one machine")  # fmt: skip
+    ap.add_argument("--publisher-cpu", type=int, default=None,
+                    help="pin the publishing process and its COPY's backend to this core, and the clients "
+                         "(and their backends, forked from the postmaster) to the others")  # fmt: skip
     args = ap.parse_args()
     name = f"recsys_serving_{uuid.uuid4().hex[:8]}"
     admin = db.make_engine(ADMIN).execution_options(isolation_level="AUTOCOMMIT")
@@ -172,6 +194,7 @@ def main() -> None:
             args.clients,
             args.users,
             args.rate,
+            None if args.publisher_cpu is None else set(os.sched_getaffinity(0)) - {args.publisher_cpu},
         )
         clients.start()
         time.sleep(1.0)  # connections open before the clock starts
@@ -180,7 +203,10 @@ def main() -> None:
         time.sleep(args.settle_s)
         secs["before"], t_ph = time.time() - t_ph, time.time()
         clients.set_phase("during publish (COPY, switch)")
-        info = publish(engine, "v3", args.users, keep=10)  # retention separately below (the pages of v3
+        os.nice(args.publisher_nice)  # after the clients forked: they keep niceness 0
+        info = publish(
+            engine, "v3", args.users, keep=10, nice=args.publisher_nice
+        )  # retention separately below (the pages of v3
         # are generated inside this phase too: the clients see a busy machine, as on a real night)
         secs["during publish (COPY, switch)"], t_ph = time.time() - t_ph, time.time()
         clients.set_phase("during retention (drop v1)")
