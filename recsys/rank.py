@@ -429,6 +429,13 @@ def validation_folds(cfg: Config, users: np.ndarray) -> list[set[str]]:
     return [set(rng.choice(users, max(1, int(len(users) * rc.val_fraction)), replace=False).tolist())]
 
 
+def refits(cfg: Config, n_users: int, n_folds: int) -> bool:
+    """Whether the deployed ranker is trained again on every label user after
+    validation chose its rounds: always after folds (each fold model saw only part),
+    after one split when rank.refit_on_all and the users are at most refit_max_users."""
+    return n_folds > 1 or (cfg.rank.refit_on_all and n_users <= cfg.rank.refit_max_users)
+
+
 def fit_ranker(cfg: Config, rd: RunDir) -> tuple[Ranker | None, dict[str, Any]]:
     """Train lambdarank on the rank split; (None, info with the reason) when it cannot
     train or does not beat the blend on its validation users."""
@@ -470,11 +477,11 @@ def fit_ranker(cfg: Config, rd: RunDir) -> tuple[Ranker | None, dict[str, Any]]:
     if not ranker_ndcg >= blend_ndcg:
         info["fallback"] = f"ranker below the blend on validation users ({ranker_ndcg:.4f} < {blend_ndcg:.4f})"
         return None, info
-    if rc.refit_on_all or len(folds) > 1:
+    if refits(cfg, len(users), len(folds)):
         # The validation users were only needed to choose the number of rounds: the
         # deployed model learns from every label user, with the rounds scaled up to the
         # larger training set (each fold trained on a 1 - 1/k share, a single split on
-        # 1 - val_fraction).
+        # 1 - val_fraction). Above refit_max_users the validation fit is deployed as is.
         share = 1 - 1 / len(folds) if len(folds) > 1 else 1 - rc.val_fraction
         rounds = max(1, round(float(np.mean(iterations)) / share))
         booster = train_lambdarank(cfg, X, label, uid, names, has_pos, None, rounds)

@@ -161,3 +161,13 @@ def test_validation_folds_cover_small_data_and_sample_large():
     big = load_config(overrides={"rank": {"cv_max_users": 10, "val_fraction": 0.25}}, environ={})
     (one,) = validation_folds(big, users)  # 12 >= cv_max_users: one seeded 25% sample
     assert len(one) == 3 and one == validation_folds(big, users)[0]
+
+
+def test_refit_after_folds_always_after_one_split_up_to_the_limit():
+    from recsys.rank import refits
+
+    cfg = load_config(overrides={"rank": {"refit_max_users": 1000}}, environ={})
+    assert refits(cfg, 300, 5) and refits(cfg, 50_000, 5)  # folds: every fold model saw 4/5
+    assert refits(cfg, 1000, 1) and not refits(cfg, 1001, 1)
+    off = load_config(overrides={"rank": {"refit_on_all": False}}, environ={})
+    assert not refits(off, 300, 1) and refits(off, 300, 5)

@@ -17,29 +17,39 @@ def pad_batch(
     drop_last removes each row's final drop_last steps (the validation input).
     """
     ends = np.maximum(seqs.lengths()[rows] - drop_last, 0)  # [B]
-    wins = np.stack([np.asarray(rows, dtype=np.int64), np.maximum(ends - max_len, 0), ends], 1)
+    wins = np.stack([np.asarray(rows, dtype=np.int64), np.maximum(ends - max_len, 0), ends], 1)  # [B, 3]
     return pad_windows(seqs, wins)
 
 
-def windows(seqs: Sequences, rows: np.ndarray, max_len: int, drop_last: int = 0) -> np.ndarray:
+def windows(seqs: Sequences, rows: np.ndarray, max_len: int, drop_last: int = 0, min_context: int = 1) -> np.ndarray:
     """Cut each row's history (minus its last drop_last steps) into windows of at most
-    max_len steps that overlap by one step, aligned to the end: inside a window step t
-    predicts t + 1, so every transition of every user is a training position exactly
-    once per epoch (SASRec sees only the last max_len). Returns [W, 3] int64
-    (row, start, end) with end exclusive; rows with fewer than two steps give none."""
+    max_len steps, aligned to the end, so that every transition of every user is a
+    training position exactly once per epoch (SASRec sees only the last max_len): inside
+    a window, position t predicts step t + 1 from the steps before it in the window.
+
+    min_context: each counted prediction sees at least this many steps (or the user's
+    whole history before it, near the start). Windows then overlap by min_context steps
+    and a window's first `first` positions only give context; with 1 they overlap by one
+    step and every position counts. At serving time a user with a long history is read
+    through its last max_len steps, so training on short contexts alone would fit a
+    situation the model rarely meets.
+    Returns [W, 4] int64 (row, start, end, first): end exclusive, predictions count
+    from position `first` of the window on; rows with fewer than two steps give none."""
+    ctx = max(1, min(min_context, max_len - 1))
     lens = seqs.lengths()[rows] - drop_last  # [R]
     out = []
     for r, n in zip(rows, lens, strict=True):
         end = int(n)
         while end >= 2:
             start = max(0, end - max_len)
-            out.append((int(r), start, end))
-            end = start + 1
-    return np.array(out, dtype=np.int64).reshape(-1, 3)
+            first = 0 if start == 0 else ctx - 1  # target start + ctx is the first counted
+            out.append((int(r), start, end, first))
+            end = start + first + 1
+    return np.array(out, dtype=np.int64).reshape(-1, 4)
 
 
 def pad_windows(seqs: Sequences, wins: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-aligned padded batch of windows [B, 3] -> items, types, ts [B, L] long and
+    """Left-aligned padded batch of windows [B, 3+] (row, start, end, ...) -> items, types, ts [B, L] long and
     valid [B, L] bool, L = the longest window."""
     L = max(1, int((wins[:, 2] - wins[:, 1]).max())) if len(wins) else 1
     B = len(wins)
@@ -47,7 +57,7 @@ def pad_windows(seqs: Sequences, wins: np.ndarray) -> tuple[torch.Tensor, torch.
     types = np.zeros((B, L), dtype=np.int64)
     tss = np.zeros((B, L), dtype=np.int64)
     valid = np.zeros((B, L), dtype=bool)
-    for b, (r, s, e) in enumerate(wins):
+    for b, (r, s, e) in enumerate(wins[:, :3]):
         a = seqs.offsets[r]
         n = e - s
         items[b, :n] = seqs.items[a + s : a + e]

@@ -14,6 +14,7 @@ Training stops at train.time_budget_s, max_epochs or early stopping, whichever f
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -203,15 +204,19 @@ def _positions_and_targets(
     n_pos: int,
     horizon_days: float,
     rng: np.random.Generator,
+    first: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions (b, t) that have a later step, each with its target: the next step when
     horizon_days == 0, else a uniform step in (t, t_h] where t_h is the last step within
     horizon_days of t (at least t + 1). n_pos > 0 samples that many positions; 0 = all.
+    first [B]: positions before first[b] are context only (recsys.model.data.windows).
     states [B, L, d], items/ts [B, L] long, valid [B, L] bool -> q [P, d], y [P]."""
     v = valid.cpu().numpy()
     lens = v.sum(1)  # [B]
     has_next = np.zeros_like(v)
     has_next[:, :-1] = v[:, 1:]
+    if first is not None:
+        has_next &= np.arange(v.shape[1])[None, :] >= first[:, None]
     b_idx, t_idx = np.nonzero(has_next)
     if len(b_idx) == 0:
         return states.new_zeros((0, states.shape[-1])), items.new_zeros(0)
@@ -246,7 +251,7 @@ class Trainer:
     cfg: Config
     bundle: Bundle
     seqs: Sequences
-    train_wins: np.ndarray  # [W, 3] (row, start, end)
+    train_wins: np.ndarray  # [W, 4] (row, start, end, first counted position)
     val_rows: np.ndarray  # [V] users whose last val_tail_steps steps are held out
     target_freq: np.ndarray  # [N] share of training targets (logQ)
     opt: torch.optim.Optimizer
@@ -256,6 +261,9 @@ class Trainer:
     bias: torch.Tensor | None = None  # [N]
     positions: int = 0
     steps: int = 0
+    # Exponential moving average of the trainable weights (train.ema_decay > 0): what
+    # validation scores and what is saved. name -> tensor of the parameter's shape.
+    ema: dict[str, torch.Tensor] | None = None
 
     @property
     def n_items(self) -> int:
@@ -269,6 +277,36 @@ class Trainer:
     def refresh_table(self) -> None:
         self.table, self.bias = self.bundle.item_table()
 
+    def start_average(self) -> None:
+        if self.cfg.train.ema_decay > 0:
+            self.ema = {n: p.detach().clone() for n, p in self.bundle.model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update_average(self) -> None:
+        if self.ema is None:
+            return
+        for n, p in self.bundle.model.named_parameters():
+            if n in self.ema:
+                self.ema[n].lerp_(p.detach(), 1.0 - self.cfg.train.ema_decay)
+
+    @contextlib.contextmanager
+    def averaged(self):  # type: ignore[no-untyped-def]
+        """The model with the averaged weights inside the block, the trained ones after."""
+        if self.ema is None:
+            yield
+            return
+        params = dict(self.bundle.model.named_parameters())
+        live = {n: params[n].detach().clone() for n in self.ema}
+        with torch.no_grad():
+            for n, v in self.ema.items():
+                params[n].copy_(v)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, v in live.items():
+                    params[n].copy_(v)
+
     def step_loss(self, wins: np.ndarray) -> torch.Tensor | None:
         tc, model, dev = self.cfg.train, self.bundle.model, self.bundle.device
         items, types, ts, valid = (t.to(dev) for t in pad_windows(self.seqs, wins))
@@ -280,7 +318,8 @@ class Trainer:
                 assert self.table is not None
                 inp = self.table[items]
             states = model.user(inp, types, gap_buckets(ts, valid), valid)  # [B, L, d]
-        q, y = _positions_and_targets(states, items, ts, valid, tc.positions_per_step, self.horizon(), self.rng)
+        q, y = _positions_and_targets(states, items, ts, valid, tc.positions_per_step, self.horizon(), self.rng,
+                                      first=wins[:, 3])  # fmt: skip
         if len(y) == 0:
             return None
         if self.full_softmax:
@@ -317,6 +356,7 @@ class Trainer:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.bundle.model.parameters(), 5.0)
             self.opt.step()
+            self.update_average()
             losses.append(float(loss.item()))
             self.steps += 1
             bar.postfix["loss"] = float(np.mean(losses[-20:]))
@@ -328,9 +368,14 @@ class Trainer:
 
     def validate(self) -> float | None:
         """Recall@20 of each validation user's held-out tail (new items only), from the
-        state before it, over the whole catalog with the input history masked."""
+        state before it, over the whole catalog with the input history masked; the
+        averaged weights when train.ema_decay > 0."""
         if not len(self.val_rows):
             return None
+        with self.averaged():
+            return self._validate()
+
+    def _validate(self) -> float | None:
         tail = self.cfg.train.val_tail_steps
         self.refresh_table()
         assert self.table is not None and self.bias is not None
@@ -397,7 +442,9 @@ def _setup(cfg: Config, rd: RunDir) -> tuple[Trainer, dict[str, Any], Catalog, s
     is_val = np.zeros(len(seqs), dtype=bool)
     is_val[val_rows] = True
     L = cfg.model.max_seq_len
-    wins = np.concatenate([windows(seqs, np.flatnonzero(~is_val), L), windows(seqs, val_rows, L, drop_last=tail)])
+    ctx = cfg.train.window_context
+    wins = np.concatenate([windows(seqs, np.flatnonzero(~is_val), L, min_context=ctx),
+                           windows(seqs, val_rows, L, drop_last=tail, min_context=ctx)])  # fmt: skip
     if len(wins) == 0:
         raise ValueError("no user has two or more positive events: nothing to train on")
     enc_params = [p for p in enc.parameters() if p.requires_grad]
@@ -414,6 +461,7 @@ def _setup(cfg: Config, rd: RunDir) -> tuple[Trainer, dict[str, Any], Catalog, s
         opt=torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay), rng=rng, full_softmax=full,
         objective=objective,
     )  # fmt: skip
+    trainer.start_average()
     log.info(
         "train: split=%s, %d users (%d validation), %d windows, %d items (%d with id rows), device=%s, "
         "encoder layers trained=%d/%d, %s softmax, objective=%s, encoder cache %.1fs",
@@ -431,7 +479,8 @@ def train_model(cfg: Config, rd: RunDir) -> dict[str, Any]:
     model = tr.bundle.model
     best = {"val_recall@20": tr.validate(), "epoch": 0}
     history: list[dict[str, Any]] = [{"epoch": 0, "val_recall@20": best["val_recall@20"], "loss": None}]
-    best_state = copy.deepcopy(model.state_dict())
+    with tr.averaged():
+        best_state = copy.deepcopy(model.state_dict())
     log.info("train: epoch 0 (before training) val recall@20=%s", best["val_recall@20"])
     budget = cfg.train.time_budget_s
     t_loop = time.time()
@@ -448,7 +497,8 @@ def train_model(cfg: Config, rd: RunDir) -> dict[str, Any]:
         log.info("train: epoch %d done in %.1fs, loss %s, val recall@20=%s", epoch, time.time() - t_ep, loss, val)
         if val is None or best["val_recall@20"] is None or val > best["val_recall@20"]:
             best = {"val_recall@20": val, "epoch": epoch}
-            best_state = copy.deepcopy(model.state_dict())
+            with tr.averaged():
+                best_state = copy.deepcopy(model.state_dict())
             bad_epochs = 0
         else:
             bad_epochs += 1

@@ -55,12 +55,20 @@ def test_windows_cover_every_transition_once():
     offsets = np.r_[0, np.cumsum(lens)]
     seqs = Sequences(np.array(["a", "b", "c"], dtype=object), offsets, np.arange(11), np.ones(11, int), np.arange(11))
     w = windows(seqs, np.arange(3), max_len=3)
-    assert w.tolist() == [[0, 4, 7], [0, 2, 5], [0, 0, 3], [2, 0, 3]]
-    transitions = sorted((int(r), s + t) for r, s, e in w for t in range(e - s - 1))
-    assert transitions == [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (0, 5), (2, 0), (2, 1)]
-    assert windows(seqs, np.array([0]), max_len=3, drop_last=2).tolist() == [[0, 2, 5], [0, 0, 3]]
+    assert w.tolist() == [[0, 4, 7, 0], [0, 2, 5, 0], [0, 0, 3, 0], [2, 0, 3, 0]]
+    # (row, position whose next step is predicted), counted positions only
+    counted = lambda w: sorted((int(r), s + t) for r, s, e, f in w for t in range(f, e - s - 1))  # noqa: E731
+    every = [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (0, 5), (2, 0), (2, 1)]
+    assert counted(w) == every
+    assert windows(seqs, np.array([0]), max_len=3, drop_last=2).tolist() == [[0, 2, 5, 0], [0, 0, 3, 0]]
     items, _types, _ts, valid = pad_windows(seqs, w)
     assert items[0].tolist() == [4, 5, 6] and items[3].tolist() == [8, 9, 10] and valid.all()
+    # min_context 3 (max_len 4): every counted prediction sees 3 steps, or all before it
+    # near the start; still each transition exactly once.
+    w3 = windows(seqs, np.arange(3), max_len=4, min_context=3)
+    assert w3.tolist() == [[0, 3, 7, 2], [0, 2, 6, 2], [0, 1, 5, 2], [0, 0, 4, 0], [2, 0, 3, 0]]
+    assert counted(w3) == every
+    assert all(s == 0 or f + 1 >= 3 for _r, s, _e, f in w3)
 
 
 def test_objective_auto_follows_how_the_ranker_is_labelled(tmp_path):
@@ -79,3 +87,34 @@ def test_objective_auto_follows_how_the_ranker_is_labelled(tmp_path):
     fixed = load_config(overrides={"paths": {"work_root": str(tmp_path)}, "train": {"objective": "next_item"}},
                         environ={})  # fmt: skip
     assert resolve_objective(fixed, rd, "rank") == "next_item"
+
+
+def test_weight_average_tracks_steps_and_swaps_back():
+    from types import SimpleNamespace
+
+    import torch
+
+    from recsys.config import load_config
+    from recsys.model.train import Trainer
+
+    cfg = load_config(overrides={"train": {"ema_decay": 0.5}}, environ={})
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    tr = Trainer(cfg=cfg, bundle=SimpleNamespace(model=model), seqs=None, train_wins=np.zeros((0, 4)),  # type: ignore[arg-type]
+                 val_rows=np.zeros(0), target_freq=np.zeros(0), opt=None, rng=None, full_softmax=True)  # type: ignore[arg-type]  # fmt: skip
+    tr.start_average()
+    for w in (4.0, 8.0):  # two steps: 0 -> 0.5 * 0 + 0.5 * 4 = 2 -> 0.5 * 2 + 0.5 * 8 = 5
+        with torch.no_grad():
+            model.weight.fill_(w)
+        tr.update_average()
+    with tr.averaged():
+        assert model.weight.item() == 5.0
+    assert model.weight.item() == 8.0  # the trained weights are back for the next step
+    tr_off = Trainer(cfg=load_config(overrides={"train": {"ema_decay": 0.0}}, environ={}),
+                     bundle=SimpleNamespace(model=model), seqs=None, train_wins=np.zeros((0, 4)),  # type: ignore[arg-type]
+                     val_rows=np.zeros(0), target_freq=np.zeros(0), opt=None, rng=None, full_softmax=True)  # type: ignore[arg-type]  # fmt: skip
+    tr_off.start_average()
+    tr_off.update_average()
+    with tr_off.averaged():
+        assert model.weight.item() == 8.0
