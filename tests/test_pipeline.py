@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -141,3 +142,32 @@ def test_holdout_zero_trains_on_everything_and_still_publishes(tiny_run):
     ranked = pd.read_parquet(rd.path("candidates", "ranked.parquet"))
     seen = {(u, x) for u in ctx.user_row for x in ctx.catalog.ids[ctx.history(u)]}
     assert not any((u, x) in seen for u, x in zip(ranked["user_id"], ranked["item_id"], strict=True))
+
+
+def test_small_data_validates_every_user_then_refits(tiny_run, tiny_data, tmp_path):
+    """At most train.refit_max_users users: every eligible user validates (not 10%), and
+    a second model trained on every step for the chosen epochs is the one saved."""
+    import shutil
+
+    from recsys.config import load_config
+    from recsys.features import load_catalog, load_sequences
+    from recsys.model.data import windows
+    from recsys.model.train import train_model
+    from recsys.rundir import RunDir
+    from tests.conftest import RUN_DATE, tiny_overrides
+
+    cfg, _ = tiny_run
+    shutil.copytree(cfg.paths.work_root, tmp_path / "work")  # the tiny run's features, not its model
+    over = tiny_overrides(tiny_data, tmp_path / "work")
+    over["train"].update({"refit_max_users": 10_000, "time_budget_s": 60, "max_epochs": 2, "warm_start": False})
+    small = load_config(overrides=over, environ={})
+    rd = RunDir(small, RUN_DATE)
+    info = train_model(small, rd)
+    catalog = load_catalog(rd.require("features", "catalog"))
+    seqs = load_sequences(rd.require("features", small.model_split(), "sequences"), catalog.index(),
+                          small.type_names())  # fmt: skip
+    eligible = int((seqs.lengths() >= small.train.val_tail_steps + 2).sum())
+    assert info["val_users"] == eligible > 50  # every one of them, not a 10% sample
+    assert info["best_epoch"] >= 1 and info["refit_epochs"] == info["best_epoch"]
+    # the saved model is the refit one, trained on every step: no validation tail held out
+    assert info["windows"] == len(windows(seqs, np.arange(len(seqs)), small.model.max_seq_len))

@@ -264,6 +264,8 @@ class Trainer:
     # Exponential moving average of the trainable weights (train.ema_decay > 0): what
     # validation scores and what is saved. name -> tensor of the parameter's shape.
     ema: dict[str, torch.Tensor] | None = None
+    # Small data (train.refit_max_users): every user validated, a second model follows.
+    refit_after: bool = False
 
     @property
     def n_items(self) -> int:
@@ -408,8 +410,9 @@ def resolve_objective(cfg: Config, rd: RunDir, split: str) -> str:
     return "horizon" if by == "days" else "next_item"
 
 
-def _setup(cfg: Config, rd: RunDir) -> tuple[Trainer, dict[str, Any], Catalog, str]:
-    """Data, model (warm-started when possible), encoder cache, splits, optimiser."""
+def _setup(cfg: Config, rd: RunDir, refit: bool = False) -> tuple[Trainer, dict[str, Any], Catalog, str]:
+    """Data, model (warm-started when possible), encoder cache, splits, optimiser.
+    refit: no validation users (the second model of small data, see train_model)."""
     torch.manual_seed(cfg.train.seed)
     rng = np.random.default_rng(cfg.train.seed)
     device = torch_device(cfg.train.device)
@@ -437,7 +440,8 @@ def _setup(cfg: Config, rd: RunDir) -> tuple[Trainer, dict[str, Any], Catalog, s
     lengths = seqs.lengths()
     tail = cfg.train.val_tail_steps
     eligible = np.flatnonzero(lengths >= tail + 2)
-    n_val = int(len(eligible) * cfg.train.val_fraction)
+    small = len(seqs) <= cfg.train.refit_max_users
+    n_val = 0 if refit else len(eligible) if small else int(len(eligible) * cfg.train.val_fraction)
     val_rows = np.sort(rng.choice(eligible, size=n_val, replace=False)) if n_val else np.zeros(0, dtype=np.int64)
     is_val = np.zeros(len(seqs), dtype=bool)
     is_val[val_rows] = True
@@ -459,7 +463,7 @@ def _setup(cfg: Config, rd: RunDir) -> tuple[Trainer, dict[str, Any], Catalog, s
         cfg=cfg, bundle=bundle, seqs=seqs, train_wins=wins, val_rows=val_rows,
         target_freq=counts / max(counts.sum(), 1.0),
         opt=torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay), rng=rng, full_softmax=full,
-        objective=objective,
+        objective=objective, refit_after=small and not refit and n_val > 0,
     )  # fmt: skip
     trainer.start_average()
     log.info(
@@ -473,9 +477,50 @@ def _setup(cfg: Config, rd: RunDir) -> tuple[Trainer, dict[str, Any], Catalog, s
 
 
 def train_model(cfg: Config, rd: RunDir) -> dict[str, Any]:
-    """Fit the two-tower model on the models' split; keep the best validation epoch."""
+    """Fit the two-tower model on the models' split; keep the best validation epoch.
+    Small data (at most train.refit_max_users users): every user's last steps validate,
+    then a second model learns from every step for the chosen number of epochs."""
     t_start = time.time()
     tr, warm_info, catalog, split = _setup(cfg, rd)
+    fit = _fit(cfg, tr)
+    refit: dict[str, Any] = {}
+    if tr.refit_after and fit["best_epoch"] > 0:
+        t_refit = time.time()
+        tr = _refit(cfg, rd, fit["best_epoch"])
+        refit = {"refit_epochs": fit["best_epoch"], "refit_seconds": round(time.time() - t_refit, 1)}
+        log.info("train: refit on every step for %d epochs in %.1fs", fit["best_epoch"], refit["refit_seconds"])
+    model = tr.bundle.model
+    model_hash = _save(cfg, rd, tr, catalog, split)
+    elapsed = fit["loop_seconds"]
+    info = {
+        "device": str(tr.bundle.device),
+        "split": split,
+        "users": len(tr.seqs),
+        "val_users": fit["val_users"],
+        "windows": len(tr.train_wins),
+        "items": len(catalog.ids),
+        "items_with_id_rows": int((model.item.id_index > 0).sum()),
+        "encoder_layers_trained": model.item.encoder.n_train,
+        "softmax": "full" if tr.full_softmax else "sampled",
+        "objective": tr.objective,
+        "steps": fit["steps"],
+        "positions": fit["positions"],
+        "positions_per_s": round(fit["positions"] / elapsed, 1) if elapsed > 0 else None,
+        **{k: fit[k] for k in ("time_budget_s", "loop_seconds", "stopped_by", "best_epoch", "best_val_recall@20",
+                               "history")},
+        **refit,
+        "warm_start": warm_info,
+        "model_hash": model_hash,
+        "seconds": round(time.time() - t_start, 1),
+    }  # fmt: skip
+    log.info("train: done in %.1fs, %d steps, best epoch %d val recall@20=%s (%s)",
+             info["seconds"], fit["steps"], fit["best_epoch"], fit["best_val_recall@20"], fit["stopped_by"])  # fmt: skip
+    return info
+
+
+def _fit(cfg: Config, tr: Trainer) -> dict[str, Any]:
+    """Epochs until the time budget, max_epochs or early stopping; the model is left
+    with the best validation epoch's weights."""
     model = tr.bundle.model
     best = {"val_recall@20": tr.validate(), "epoch": 0}
     history: list[dict[str, Any]] = [{"epoch": 0, "val_recall@20": best["val_recall@20"], "loss": None}]
@@ -509,35 +554,21 @@ def train_model(cfg: Config, rd: RunDir) -> dict[str, Any]:
             stopped = "early_stopping"
             break
     model.load_state_dict(best_state)
-    model_hash = _save(cfg, rd, tr, catalog, split)
-    elapsed = time.time() - t_loop
-    info = {
-        "device": str(tr.bundle.device),
-        "split": split,
-        "users": len(tr.seqs),
-        "val_users": len(tr.val_rows),
-        "windows": len(tr.train_wins),
-        "items": len(catalog.ids),
-        "items_with_id_rows": int((model.item.id_index > 0).sum()),
-        "encoder_layers_trained": model.item.encoder.n_train,
-        "softmax": "full" if tr.full_softmax else "sampled",
-        "objective": tr.objective,
-        "steps": tr.steps,
-        "positions": tr.positions,
-        "positions_per_s": round(tr.positions / elapsed, 1) if elapsed > 0 else None,
-        "time_budget_s": round(budget, 1) if budget is not None else None,
-        "loop_seconds": round(elapsed, 1),
-        "stopped_by": stopped,
-        "best_epoch": best["epoch"],
-        "best_val_recall@20": best["val_recall@20"],
-        "history": history,
-        "warm_start": warm_info,
-        "model_hash": model_hash,
-        "seconds": round(time.time() - t_start, 1),
-    }
-    log.info("train: done in %.1fs, %d steps, best epoch %d val recall@20=%s (%s)",
-             info["seconds"], tr.steps, best["epoch"], best["val_recall@20"], stopped)  # fmt: skip
-    return info
+    return {"val_users": len(tr.val_rows), "steps": tr.steps, "positions": tr.positions,
+            "time_budget_s": round(budget, 1) if budget is not None else None,
+            "loop_seconds": round(time.time() - t_loop, 1), "stopped_by": stopped, "best_epoch": best["epoch"],
+            "best_val_recall@20": best["val_recall@20"], "history": history}  # fmt: skip
+
+
+def _refit(cfg: Config, rd: RunDir, epochs: int) -> Trainer:
+    """A fresh model (same seed, same warm start) trained on every step for `epochs`."""
+    tr, *_ = _setup(cfg, rd, refit=True)
+    for epoch in range(1, epochs + 1):
+        tr.epoch(epoch, None)
+    with tr.averaged():
+        state = copy.deepcopy(tr.bundle.model.state_dict())
+    tr.bundle.model.load_state_dict(state)
+    return tr
 
 
 def _save(cfg: Config, rd: RunDir, tr: Trainer, catalog: Catalog, split: str) -> str:
