@@ -192,7 +192,8 @@ class TrainConfig(_Section):
     # weights (per step; 0 = the last step's weights). Measured on ml-latest-small
     # (bench/two_tower_epochs.py, leave-last NDCG@10 of the two-tower alone): over epochs
     # 11-16 the last weights score 0.043-0.054 and fall as the model overfits, the
-    # average with 0.98 0.054-0.059 and does not fall. Off by default because early
+    # average with 0.98 0.054-0.059 and does not fall (seed 7: 0.040-0.050 and
+    # 0.041-0.046, the seed matters more than the average). Off by default because early
     # stopping cannot find those epochs: with it, validation (61 users) peaks at epoch 8
     # on Recall@20, 9 on log-likelihood, and whole-catalog MRR still rises at 18, where
     # the test is 0.048-0.052; the pipeline's two-tower fell from 0.0556 to 0.0490
