@@ -4,7 +4,10 @@ reference: the part no feature work can remove), in one run on a finished run di
 
     python bench/quality.py synthetic      # or any run that reached the rank stage
     python bench/rank_scoring.py --run-dir work/bench/synthetic/work/runs/2026-11-22/main
+    python bench/rank_scoring.py --run-dir /tmp/scale300k/work/runs/2026-11-21/main --shard 0 --users 20000
 
+A sharded run is timed on one shard's part (--shard), optionally on its first --users
+users (sorted ids: the same users every time).
 Prints users/s for the whole of rank_candidates and seconds per part.
 """
 
@@ -24,6 +27,7 @@ import pandas as pd  # noqa: E402
 from recsys import rank  # noqa: E402
 from recsys.retrieve import load_context  # noqa: E402
 from recsys.rundir import RunDir  # noqa: E402
+from recsys.shards import PLAN_FILE, existing_part, n_shards  # noqa: E402
 
 
 def timed_groups(spent: dict[str, float]) -> list:  # type: ignore[type-arg]
@@ -45,11 +49,17 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--run-dir", required=True, help="runs/<date>/<tag> of a finished run")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--shard", type=int, default=0, help="the part to time in a sharded run")
+    p.add_argument("--users", type=int, default=0, help="time only the first N users (0 = all)")
     a = p.parse_args()
     rd = RunDir.open(a.run_dir)
     cfg = rd.cfg
-    ctx = load_context(cfg, rd, "full")
-    cands = pd.read_parquet(rd.path("candidates", "by_source.parquet"))
+    n = n_shards(rd) if rd.path(PLAN_FILE).is_file() else 1
+    ctx = load_context(cfg, rd, "full", shard=(a.shard, n) if n > 1 else None)
+    cands = pd.read_parquet(existing_part(rd, n, a.shard, "candidates", "by_source.parquet"))
+    if a.users:
+        keep = sorted(cands["user_id"].unique())[: a.users]
+        cands = cands[cands["user_id"].isin(set(keep))]
     ranker = rank.load_ranker(rd)
     if ranker is None:
         sys.exit("this run fell back to the blend: no ranker to time")

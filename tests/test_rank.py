@@ -171,3 +171,25 @@ def test_refit_after_folds_always_after_one_split_up_to_the_limit():
     assert refits(cfg, 1000, 1) and not refits(cfg, 1001, 1)
     off = load_config(overrides={"rank": {"refit_on_all": False}}, environ={})
     assert not refits(off, 300, 1) and refits(off, 300, 5)
+
+
+def test_booster_settings_switch_to_the_large_regime_at_its_user_count():
+    from recsys.rank import booster_settings
+
+    cfg = load_config(overrides={"rank": {"large": {"min_users": 1000, "learning_rate": 0.2}}}, environ={})
+    small, large = booster_settings(cfg, 999), booster_settings(cfg, 1000)
+    assert small == {"learning_rate": 0.03, "num_leaves": 7, "min_data_in_leaf": 100, "early_stopping_rounds": 100}
+    assert large == {"learning_rate": 0.2, "num_leaves": 31, "min_data_in_leaf": 100, "early_stopping_rounds": 30}
+    off = load_config(overrides={"rank": {"large": {"min_users": 0}}}, environ={})
+    assert booster_settings(off, 10**6) == small
+
+
+def test_top_k_per_user_orders_by_score_and_breaks_ties_by_item():
+    from recsys.rank import top_k_per_user
+
+    pairs = pd.DataFrame({"user_id": ["a", "a", "a", "a", "b", "b"], "item_id": ["i1", "i2", "i3", "i4", "i1", "i9"],
+                          "score": [0.5, 0.9, 0.5, 0.1, -1.0, 2.0]})  # fmt: skip
+    top = top_k_per_user(pairs, 3)
+    assert top[["user_id", "item_id", "rank"]].values.tolist() == [
+        ["a", "i2", 1], ["a", "i1", 2], ["a", "i3", 3], ["b", "i9", 1], ["b", "i1", 2]]  # fmt: skip
+    assert len(top_k_per_user(pairs.iloc[:0], 3)) == 0
