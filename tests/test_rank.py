@@ -193,3 +193,18 @@ def test_top_k_per_user_orders_by_score_and_breaks_ties_by_item():
     assert top[["user_id", "item_id", "rank"]].values.tolist() == [
         ["a", "i2", 1], ["a", "i1", 2], ["a", "i3", 3], ["b", "i9", 1], ["b", "i1", 2]]  # fmt: skip
     assert len(top_k_per_user(pairs.iloc[:0], 3)) == 0
+
+
+def test_batched_pair_features_equal_the_whole_batch():
+    from recsys.rank import batched_pair_features
+
+    space = FeatureSpace.build(tiny_context())
+    c = cands([("u0", "i2", 5.0, "covisitation", 1, "i1"), ("u0", "i1", 1.0, "two_tower", 1, ""),
+               ("u9", "i3", 5.0, "popularity", 1, ""), ("u9", "i0", 2.0, "popularity", 2, "")])  # fmt: skip
+    pairs = wide_candidates(c)
+    whole, names = pair_features(space, pairs, recent=3)
+    one_user_at_a_time, names1 = batched_pair_features(space, pairs, recent=3, batch_users=1)
+    assert names1 == names and np.array_equal(whole, one_user_at_a_time, equal_nan=True)
+    assert not np.isnan(whole[pairs["user_id"].to_numpy() == "u0"][:, names.index("sim_last")]).any()
+    empty, names0 = batched_pair_features(space, pairs.iloc[:0], recent=3)
+    assert empty.shape == (0, len(names)) and names0 == names
