@@ -3,6 +3,7 @@ picks the epoch, on a run directory `bench/quality.py movielens` left behind.
 
     python bench/quality.py movielens --work /tmp/q          # once: the features
     python bench/two_tower_epochs.py --work /tmp/q --epochs 16 [--set train.temperature=0.1]
+    python bench/two_tower_epochs.py --work /tmp/q --epochs 16 --seeds 1,2,3   # a seed ensemble
 
 Trains exactly as the train stage does (same setup, same epochs, the ranker's split) but
 for a fixed number of epochs, and after each prints the loss, the validation Recall@20
@@ -10,6 +11,10 @@ that early stopping reads, and the leave-last-one NDCG@10 of the two-tower alone
 the whole catalog for every user (history masked, user state from the evaluation split).
 One run shows how much of a setting's effect is epoch-to-epoch noise: on ml-latest-small
 the test NDCG@10 moves by about 0.005 between neighbouring epochs.
+
+--seeds trains one model per seed side by side and prints, per epoch, each model's test
+NDCG@10 and the ensemble's: the mean of their scores, which is one inner product of the
+models' concatenated vectors (what a seed ensemble would hand FAISS).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=16)
     ap.add_argument("--date", default="2018-09-25", help="the run's logical date")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--seeds", default="", help="comma-separated seeds: an ensemble, one model per seed")
     a = ap.parse_args()
     work = a.work / "movielens"
     # The overrides bench/quality.py runs ml-latest-small with.
@@ -47,6 +53,8 @@ def main() -> None:
             "paths": {"data_root": str(work / "data"), "work_root": str(work / "work")}}  # fmt: skip
     cfg = load_config(overrides=_deep_merge(over, parse_set_overrides(a.set)), environ={})
     rd = RunDir(cfg, dt.date.fromisoformat(a.date))
+    if a.seeds:
+        return ensemble(cfg, rd, [int(x) for x in a.seeds.split(",")], a.epochs)
     tr, _, catalog, _ = T._setup(cfg, rd)
     seqs = load_sequences(rd.require("features", "train", "sequences"), catalog.index(), T.type_names(cfg))
     ho = pq.read_table(rd.require("features", "holdout"), columns=["user_id", "item_id"]).to_pandas()
@@ -99,6 +107,60 @@ def main() -> None:
             ndcg = test_ndcg()
         print(f"| {e} | {loss:.3f} | {val:.4f} | {mrr:.4f} | {ll:.3f} | {ndcg:.4f} | {time.time() - t0:.0f} |",
               flush=True)  # fmt: skip
+
+
+def test_targets(cfg, rd, catalog):  # type: ignore[no-untyped-def]
+    """Each test user's sequence row (evaluation split) and held-out item row."""
+    seqs = load_sequences(rd.require("features", "train", "sequences"), catalog.index(), T.type_names(cfg))
+    ho = pq.read_table(rd.require("features", "holdout"), columns=["user_id", "item_id"]).to_pandas()
+    target = dict(zip(ho.user_id, catalog.index().get_indexer(ho.item_id), strict=True))
+    rows = np.array([i for i, u in enumerate(seqs.user_ids) if u in target and target[u] >= 0])
+    return seqs, rows, np.array([target[seqs.user_ids[r]] for r in rows])
+
+
+def masked_scores(cfg, tr, seqs, rows) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """[U, N] scores of one trainer's averaged weights, each user's history at -1e9."""
+    with tr.averaged():
+        tr.refresh_table()
+        u = tr.bundle.user_vectors(seqs, tr.table, cfg.model.max_seq_len, rows=rows)  # [U, d]
+        scores = u @ tr.table.T / cfg.train.temperature + tr.bias  # [U, N]
+    for j, r in enumerate(rows):
+        scores[j, torch.from_numpy(seqs.row(int(r))[0])] = -1e9
+    return scores
+
+
+def ndcg10(scores: torch.Tensor, targets: np.ndarray) -> float:
+    t = torch.from_numpy(targets)
+    rank = (scores > scores.gather(1, t[:, None])).sum(1).numpy()  # [U] items scored above the target
+    return float(np.mean(np.where(rank < 10, 1 / np.log2(rank + 2), 0.0)))
+
+
+def ensemble(cfg, rd: RunDir, seeds: list[int], epochs: int) -> None:  # type: ignore[no-untyped-def]
+    trainers = []
+    for s in seeds:
+        c = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": s})})
+        trainers.append(T._setup(c, rd)[0])
+    catalog = load_catalog_of(rd)
+    seqs, rows, targets = test_targets(cfg, rd, catalog)
+    print(f"{len(rows)} test users; seeds {seeds}")
+    print("| epoch | " + " | ".join(f"seed {s}" for s in seeds) + " | ensemble (mean score) | seconds |")
+    print("|---:|" + "---:|" * (len(seeds) + 2))
+    for e in range(1, epochs + 1):
+        t0 = time.time()
+        scores = []
+        for tr in trainers:
+            tr.epoch(e, None)
+            scores.append(masked_scores(cfg, tr, seqs, rows))
+        each = [ndcg10(sc, targets) for sc in scores]
+        mean = ndcg10(torch.stack(scores).mean(0), targets)
+        print(f"| {e} | " + " | ".join(f"{x:.4f}" for x in each) + f" | {mean:.4f} | {time.time() - t0:.0f} |",
+              flush=True)  # fmt: skip
+
+
+def load_catalog_of(rd: RunDir):  # type: ignore[no-untyped-def]
+    from recsys.features import load_catalog
+
+    return load_catalog(rd.require("features", "catalog"))
 
 
 if __name__ == "__main__":
