@@ -51,14 +51,19 @@ def shard_count(cfg: Config, n_users: int) -> int:
     return max(1, math.ceil(n_users / cfg.scale.users_per_shard))
 
 
+def serving_users(rd: RunDir) -> int:
+    """Users to serve tonight: the rows of features/full/sequences (parquet metadata only)."""
+    seq = rd.require("features", "full", "sequences")
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in (sorted(seq.glob("*.parquet")) if seq.is_dir() else [seq]))
+
+
 def plan(cfg: Config, rd: RunDir) -> list[int]:
     """The run's shard list: read from shards.json, else decided from the serving users'
     count (rows of features/full/sequences) and recorded."""
     path = rd.path(PLAN_FILE)
     if path.is_file():
         return list(range(json.loads(path.read_text())["shards"]))
-    seq = rd.require("features", "full", "sequences")
-    users = sum(pq.ParquetFile(f).metadata.num_rows for f in (sorted(seq.glob("*.parquet")) if seq.is_dir() else [seq]))
+    users = serving_users(rd)
     n = shard_count(cfg, users)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"shards": n, "users": users}))

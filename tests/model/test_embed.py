@@ -1,0 +1,27 @@
+"""The embed stage's user vectors, read one user shard at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recsys.features import load_catalog
+from recsys.model.embed import split_user_vectors
+from recsys.model.train import load_bundle
+from recsys.shards import serving_users, shard_of
+
+
+def test_serving_users_embedded_shard_by_shard_equal_one_read(tiny_run, tiny_rd):
+    cfg, _ = tiny_run
+    catalog = load_catalog(tiny_rd.require("features", "catalog"))
+    bundle = load_bundle(cfg, tiny_rd)
+    bundle.texts = catalog.texts  # as embed_all sets them
+    table, _ = bundle.item_table()
+    whole_ids, whole = split_user_vectors(cfg, tiny_rd, bundle, table, catalog, "full")
+    n_users = serving_users(tiny_rd)
+    small = cfg.model_copy(update={"scale": cfg.scale.model_copy(update={"users_per_shard": n_users // 3 + 1})})
+    ids, vecs = split_user_vectors(small, tiny_rd, bundle, table, catalog, "full")
+    assert len(ids) == len(whole_ids) == n_users and set(ids) == set(whole_ids)
+    # shard by shard: every user of shard 0 before any of shard 1, ...
+    assert (np.diff(shard_of(ids, 3)) >= 0).all() and len(set(shard_of(ids, 3))) == 3
+    pos = {u: i for i, u in enumerate(whole_ids)}
+    np.testing.assert_allclose(vecs, whole[[pos[u] for u in ids]], atol=1e-5)
