@@ -3,8 +3,8 @@
     python bench/scale.py --users 100000 --items 100000 --events-per-user 50 \
         --out /tmp/scale100k [--set train.time_budget_s=600] [--nights 2]
 
-Generates synthetic data in the input contract (one day more than the first night
-reads), then runs every stage of night 1 (logical date D: empty caches) and, with
+Generates synthetic data in the input contract (two days more than the first night
+reads: night 2's events, and night 2's own catalog with that day's new items), then runs every stage of night 1 (logical date D: empty caches) and, with
 --nights 2, of night 2 (D + 1: the text cache is warm, the items created on the last
 day are new), each stage as its own process (`python -m recsys <stage>`), as Airflow
 runs them. Peak RSS is sampled every 0.2 s over the stage's whole process tree (the
@@ -80,7 +80,10 @@ def run_stage(stage: str, date: dt.date, args: argparse.Namespace, env: dict[str
 
 
 def generate(args: argparse.Namespace, end: dt.date) -> float:
-    days = max(2, round(args.events_per_user / args.events_per_user_day))
+    # One day more than the events night 1 reads: night 2 reads that day, and the
+    # catalog partition of night 2's own date holds the items created on it (new texts
+    # for the warm cache), whose events neither night reads.
+    days = max(2, round(args.events_per_user / args.events_per_user_day)) + 1
     t0 = time.time()
     subprocess.run([sys.executable, "-m", "recsys", "generate", "--out", str(args.out / "data"), "--users",
                     str(args.users), "--items", str(args.items), "--days", str(days), "--end-date", end.isoformat()],
@@ -107,13 +110,13 @@ def main() -> None:
     d1 = dt.date.fromisoformat(args.date)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "SPARK_LOCAL_IP": "127.0.0.1",
            "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}  # fmt: skip
-    # Events through d1 - 1: night 1 (logical date d1 - 1) reads the days before it,
-    # night 2 (d1) one day more.
+    # Data through d1: night 1 (logical date d1 - 1) reads the events before it, night 2
+    # (d1) one day more and the catalog of d1 (that day's new items).
     saved = args.out / "scale.json"
     if args.resume and saved.is_file():
         result = json.loads(saved.read_text())  # stages already measured are kept
     else:
-        gen_s = 0.0 if args.skip_generate else generate(args, d1 - dt.timedelta(days=1))
+        gen_s = 0.0 if args.skip_generate else generate(args, d1)
         result = {"users": args.users, "items": args.items, "generate_s": round(gen_s, 1), "set": args.set,
                   "cores": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1), "nights": []}  # fmt: skip
     nights = [d1 - dt.timedelta(days=1), d1][: args.nights]
