@@ -105,7 +105,13 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--skip-generate", action="store_true")
     ap.add_argument("--resume", action="store_true", help="keep the stages <out>/scale.json already holds")
+    ap.add_argument(
+        "--table", action="store_true", help="print <out>/scale.json's table (a partial night too), run nothing"
+    )
     args = ap.parse_args()
+    if args.table:
+        print(markdown(json.loads((args.out / "scale.json").read_text())))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     d1 = dt.date.fromisoformat(args.date)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "SPARK_LOCAL_IP": "127.0.0.1",
@@ -143,12 +149,17 @@ def markdown(result: dict) -> str:
     for j, stage in enumerate(STAGES):
         cells = []
         for night in result["nights"]:
+            if j >= len(night["stages"]):  # a night stopped (or still running) before this stage
+                cells += ["-", "-", "-"]
+                continue
             r = night["stages"][j]
             cells += [f"{r['seconds']:.1f}", f"{r['rows_per_s']:,.0f}", f"{r['peak_rss_gib']:.2f}"]
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     tot = []
     for night in result["nights"]:
-        tot += [f"**{night['total_s']:.0f}**", "", f"**{night['peak_rss_gib']:.2f}**"]
+        whole = len(night["stages"]) == len(STAGES)
+        label = f"**{night['total_s']:.0f}**" if whole else f"{night['total_s']:.0f} ({len(night['stages'])} stages)"
+        tot += [label, "", f"**{night['peak_rss_gib']:.2f}**"]
     lines.append("| whole night | " + " | ".join(tot) + " |")
     return "\n".join(lines)
 

@@ -438,7 +438,7 @@ def run_validate(cfg: Config, rd: RunDir) -> dict[str, object]:
     """Read the input contract for run_date, write validated/ and quarantine/."""
     from pyspark import StorageLevel
 
-    from recsys.spark import get_spark
+    from recsys.spark import get_spark, size_shuffles
 
     t0 = time.time()
     run_date = rd.date
@@ -461,6 +461,7 @@ def run_validate(cfg: Config, rd: RunDir) -> dict[str, object]:
     n_items = cat_clean.count()
     if n_items == 0:
         raise InputError(f"catalog partition {cat_part.path} holds no valid item")
+    n_shuffle = size_shuffles(spark, cfg.spark, [p.path for p in ev_parts])
     raw_events = read_raw(spark, ev_parts, EVENT_COLUMNS)
     require_rows(raw_events, ev_parts[-1], ev.min_rows_last_partition)
     annotated = validate_events(
@@ -494,6 +495,7 @@ def run_validate(cfg: Config, rd: RunDir) -> dict[str, object]:
         "events_quarantined": q_counts,
         "reject_rate": round(reject_rate, 6),
         "catalog_items": n_items,
+        "shuffle_partitions": n_shuffle,
         "catalog_quarantined": reasons(str(rd.path("quarantine", "catalog"))),
         "catalog_repaired": {"future_created_at": cat_clean.where("created_at_repaired").count()},
     }
@@ -583,16 +585,18 @@ def rank_labels_by_days(cfg: Config, base: DataFrame, cutoff: dt.date) -> bool:
 def run_aggregate(cfg: Config, rd: RunDir) -> dict[str, object]:
     """validated/ -> features/ (sequences, item_stats, covisitation, exclusions per split;
     holdout and rank_labels)."""
-    from recsys.spark import get_spark
+    from recsys.spark import get_spark, size_shuffles
 
     t0 = time.time()
     run_date = rd.date
     spark = get_spark(cfg.spark, app_name=f"recsys-aggregate-{run_date}")
     catalog = spark.read.parquet(str(rd.require("validated", "catalog")))
     clean = spark.read.parquet(str(rd.require("validated", "events")))
+    n_shuffle = size_shuffles(spark, cfg.spark, [str(rd.require("validated", "events"))])
     inter = interactions(clean, cfg.events.weights, cfg.events.min_rating_positive).cache()
     _write(catalog, str(rd.path("features", "catalog")), files=1)
-    counts: dict[str, object] = {"protocol": cfg.evaluate.protocol if cfg.evaluate.enabled else "none"}
+    counts: dict[str, object] = {"protocol": cfg.evaluate.protocol if cfg.evaluate.enabled else "none",
+                                 "shuffle_partitions": n_shuffle}  # fmt: skip
     splits, tables, labels = _splits(cfg, inter, run_date)
     counts["rank_labels_by"] = labels
     for name, table in tables.items():

@@ -109,7 +109,14 @@ class EventsConfig(_Section):
 class SparkConfig(_Section):
     master: str = "local[2]"
     driver_memory: str = "4g"
+    # Shuffle partitions: at least shuffle_partitions, and one per input_mb_per_partition
+    # MiB of the stage's input files (0 = always shuffle_partitions). A fixed 8 ran out
+    # of the 4g heap at 1M users x 50 events (6.4M rows in one cached partition of
+    # validate's annotated events); 200 with adaptive merging cost 96.6 vs 88.3 s
+    # (validate) and 146.4 vs 117.8 s (aggregate) at 100k users, so small inputs keep 8
+    # (docs/benchmarks.md, 1,000,000 users).
     shuffle_partitions: int = Field(default=8, ge=1)
+    input_mb_per_partition: int = Field(default=16, ge=0)
     # Extra spark.* options passed verbatim to the session builder.
     conf: dict[str, str] = Field(default_factory=dict)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -10,6 +12,8 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from recsys.config import SparkConfig
+
+log = logging.getLogger(__name__)
 
 
 def get_spark(cfg: SparkConfig, app_name: str = "recsys") -> SparkSession:
@@ -26,6 +30,9 @@ def get_spark(cfg: SparkConfig, app_name: str = "recsys") -> SparkSession:
         .master(cfg.master)
         .config("spark.driver.memory", cfg.driver_memory)
         .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+        # Adaptive execution merges small shuffle partitions (a small output is one file).
+        .config("spark.sql.adaptive.enabled", "true")
+        .config("spark.sql.adaptive.coalescePartitions.enabled", "true")
         # Every timestamp in the contract is UTC; never let the host's zone leak in.
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.enabled", "false")
@@ -43,3 +50,27 @@ def get_spark(cfg: SparkConfig, app_name: str = "recsys") -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def partitions_for(input_bytes: int, floor: int, mb_per_partition: int) -> int:
+    """Shuffle partitions for a stage reading input_bytes: at least floor, one per
+    mb_per_partition MiB of input (0 = floor)."""
+    if mb_per_partition <= 0:
+        return floor
+    return max(floor, math.ceil(input_bytes / (mb_per_partition * 2**20)))
+
+
+def size_shuffles(spark: SparkSession, cfg: SparkConfig, uris: list[str]) -> int:
+    """Set spark.sql.shuffle.partitions from the size of the files under uris (through
+    Hadoop's FileSystem: local, s3a://, hdfs:// alike); returns the count."""
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None, "a SparkContext without a JVM gateway"
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    total = 0
+    for uri in uris:
+        path = jvm.org.apache.hadoop.fs.Path(uri)
+        total += int(path.getFileSystem(conf).getContentSummary(path).getLength())
+    n = partitions_for(total, cfg.shuffle_partitions, cfg.input_mb_per_partition)
+    spark.conf.set("spark.sql.shuffle.partitions", str(n))
+    log.info("spark: %d shuffle partitions for %.1f MiB of input", n, total / 2**20)
+    return n

@@ -177,3 +177,23 @@ def test_rank_labels_by_days_when_users_come_back(spark):
     assert not rank_labels_by_days(cfg, inter(3), D + dt.timedelta(days=2))  # nobody in the last day
     fixed = load_config(overrides={"rank": {"labels": "steps", "min_train_users": 2}}, environ={})
     assert not rank_labels_by_days(fixed, inter(3), D)
+
+
+def test_shuffle_partitions_follow_the_input_size(spark, tmp_path):
+    from recsys.config import SparkConfig
+    from recsys.spark import partitions_for, size_shuffles
+
+    mib = 2**20
+    assert partitions_for(75 * mib, 8, 16) == 8  # 100k users' events: the floor
+    assert partitions_for(627 * mib, 8, 16) == 40  # 1M users' events: 16 MiB each
+    assert partitions_for(627 * mib, 8, 0) == 8  # sizing off: always the floor
+    for day, n in (("a", 3), ("b", 2)):
+        (tmp_path / day).mkdir()
+        (tmp_path / day / "part.parquet").write_bytes(b"x" * n * mib)
+    before = spark.conf.get("spark.sql.shuffle.partitions")
+    try:
+        got = size_shuffles(spark, SparkConfig(shuffle_partitions=2, input_mb_per_partition=1),
+                            [str(tmp_path / "a"), f"file://{tmp_path / 'b'}"])  # fmt: skip
+        assert got == 5 and spark.conf.get("spark.sql.shuffle.partitions") == "5"
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", before)

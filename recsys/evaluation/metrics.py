@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
 
 
 def recall_at_k(ranked: Sequence[str], targets: set[str], k: int) -> float:
@@ -72,8 +75,6 @@ def catalog_coverage(ranked: Mapping[str, Sequence[str]], n_items: int, k: int) 
 
 def intra_list_diversity(vec_of: Mapping[str, Sequence[float]], ranked: Sequence[str], k: int) -> float:
     """1 - mean pairwise cosine similarity of the top k (vectors are unit length)."""
-    import numpy as np
-
     items = [x for x in ranked[:k] if x in vec_of]
     if len(items) < 2:
         return float("nan")
@@ -96,26 +97,54 @@ def per_user_metrics(
     return out
 
 
+def bootstrap_cis(
+    values: Any, n_boot: int = 1000, seed: int = 0, level: float = 0.95, chunk: int = 100
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap intervals of the means of several metrics over the same
+    users, with the same resamples: values [n users, m metrics] -> (low [m], high [m]).
+
+    A resample is a vector of counts (how often each user was drawn), so the resampled
+    means of every metric are one product counts [chunk, n] @ values [n, m]: at 50,000
+    users this replaced 12 gathers of 1000 x 50,000 values per method (0.65-2.9 s each,
+    half of evaluate's time at 300k users) with one matrix product.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    n = x.shape[0]
+    if n == 0:
+        nan = np.full(x.shape[1], np.nan)
+        return nan, nan.copy()
+    rng = np.random.default_rng(seed)
+    means = np.empty((n_boot, x.shape[1]))
+    for a in range(0, n_boot, chunk):
+        b = min(a + chunk, n_boot)
+        draws = rng.integers(0, n, size=(b - a, n)) + np.arange(b - a)[:, None] * n  # [c, n] flat cells
+        counts = np.bincount(draws.ravel(), minlength=(b - a) * n).reshape(b - a, n)  # [c, n]
+        means[a:b] = counts @ x / n  # [c, m]
+    q = (1.0 - level) / 2
+    return np.quantile(means, q, axis=0), np.quantile(means, 1 - q, axis=0)
+
+
 def bootstrap_ci(
     values: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean over users: (low, high)."""
-    import numpy as np
-
-    x = np.asarray(values, dtype=np.float64)
-    if len(x) == 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)  # [n_boot]
-    a = (1.0 - level) / 2
-    return (float(np.quantile(means, a)), float(np.quantile(means, 1 - a)))
+    lo, hi = bootstrap_cis(np.asarray(values, dtype=np.float64).reshape(-1, 1), n_boot, seed, level)
+    return (float(lo[0]), float(hi[0]))
 
 
 def summarise(per_user: Mapping[str, Sequence[float]], seed: int = 0) -> dict[str, float]:
-    """Means plus `<metric>_lo` / `<metric>_hi` 95% bootstrap bounds, and `users`."""
+    """Means plus `<metric>_lo` / `<metric>_hi` 95% bootstrap bounds (every metric over
+    the same resamples), and `users`."""
+    names = list(per_user)
+    n = len(next(iter(per_user.values()), []))
     out: dict[str, float] = {}
-    for name, vals in per_user.items():
-        out[name] = sum(vals) / len(vals) if vals else float("nan")
-        out[f"{name}_lo"], out[f"{name}_hi"] = bootstrap_ci(vals, seed=seed)
-    out["users"] = float(len(next(iter(per_user.values()), [])))
+    if not names:
+        out["users"] = 0.0
+        return out
+    x = np.array([per_user[k] for k in names], dtype=np.float64).T.reshape(n, len(names))  # [users, metrics]
+    lo, hi = bootstrap_cis(x, seed=seed)
+    for j, name in enumerate(names):
+        out[name] = float(x[:, j].mean()) if n else float("nan")
+        out[f"{name}_lo"], out[f"{name}_hi"] = float(lo[j]), float(hi[j])
+    out["users"] = float(n)
     return out

@@ -63,3 +63,19 @@ def test_mrr_and_per_user_and_bootstrap():
     assert 0.35 < lo < 0.5 < hi < 0.65
     s = summarise({"m": [1.0, 1.0]})
     assert (s["m"], s["m_lo"], s["m_hi"], s["users"]) == (1.0, 1.0, 1.0, 2.0)
+
+
+def test_bootstrap_cis_match_the_normal_interval_and_share_resamples():
+    from recsys.evaluation.metrics import bootstrap_cis
+
+    # 0/1 values with mean 0.3 over 10,000 users: the interval of the mean is
+    # 0.3 +- 1.96 * sqrt(0.3 * 0.7 / 10,000) = 0.3 +- 0.00898.
+    x = np.zeros(10_000)
+    x[:3000] = 1.0
+    cols = np.stack([x, x, np.full(10_000, 0.25)], axis=1)  # [users, 3 metrics]
+    lo, hi = bootstrap_cis(cols, seed=3)
+    assert lo[0] == pytest.approx(0.3 - 0.00898, abs=0.0015) and hi[0] == pytest.approx(0.3 + 0.00898, abs=0.0015)
+    assert (lo[0], hi[0]) == (lo[1], hi[1])  # the same resamples for every metric
+    assert lo[2] == pytest.approx(0.25) and hi[2] == pytest.approx(0.25)
+    empty_lo, _ = bootstrap_cis(np.zeros((0, 2)))
+    assert np.isnan(empty_lo).all()
