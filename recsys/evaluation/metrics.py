@@ -104,9 +104,9 @@ def bootstrap_cis(
     users, with the same resamples: values [n users, m metrics] -> (low [m], high [m]).
 
     A resample is a vector of counts (how often each user was drawn), so the resampled
-    means of every metric are one product counts [chunk, n] @ values [n, m]: at 50,000
-    users this replaced 12 gathers of 1000 x 50,000 values per method (0.65-2.9 s each,
-    half of evaluate's time at 300k users) with one matrix product.
+    means of every metric are one product counts [chunk, n] @ values [n, m]. The same
+    draws as one gather of 1000 x n values per metric, so the same bounds, 9x faster
+    (bench/bootstrap.py: 12 metrics of 50,000 users, 11.0 -> 1.2 s per method).
     """
     x = np.asarray(values, dtype=np.float64)
     n = x.shape[0]
