@@ -469,9 +469,11 @@ def run_validate(cfg: Config, rd: RunDir) -> dict[str, object]:
         event_window(run_date, ev.lookback_days)[0], ev.id_pattern, ev.id_max_length, annotated=True,
     )  # fmt: skip
     # One pass over the raw files: the two outputs read the annotated rows from the
-    # cache (spilled to disk past memory) instead of re-running parse, dedup window and
-    # bot join for each (measured in docs/benchmarks.md, "Spark vs DuckDB").
-    annotated = annotated.persist(StorageLevel.MEMORY_AND_DISK)
+    # cache instead of re-running parse, dedup window and bot join for each (measured
+    # in docs/benchmarks.md, "Spark vs DuckDB"). On local disk, not in the heap: at 1M
+    # users (50M rows) MEMORY_AND_DISK filled the 4g heap with cached blocks and the
+    # tasks died of OutOfMemoryError reading them back and reading the broadcast joins.
+    annotated = annotated.persist(StorageLevel.DISK_ONLY)
     clean, quarantine = split_annotated(annotated)
     _write(clean, str(rd.path("validated", "events")))
     # The rows are cached by now: one file costs one task's read of the cache.
