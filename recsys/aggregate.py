@@ -424,6 +424,15 @@ def require_rows(raw: DataFrame, last: Partition, min_rows: int) -> None:
         )
 
 
+def _cache(df: DataFrame) -> DataFrame:
+    """Keep df for the passes that reuse it on local disk, not in the JVM heap: the
+    operating system's page cache keeps it in memory when there is room, and the heap
+    stays for the tasks (validate's heap cache at 1M users died of OutOfMemoryError)."""
+    from pyspark import StorageLevel
+
+    return df.persist(StorageLevel.DISK_ONLY)
+
+
 def _write(df: DataFrame, path: str, files: int | None = None) -> None:
     """Write parquet. files=None: one file per partition of the last stage (after a
     shuffle, adaptive execution merges small partitions, so a small output is one
@@ -436,7 +445,6 @@ def _write(df: DataFrame, path: str, files: int | None = None) -> None:
 
 def run_validate(cfg: Config, rd: RunDir) -> dict[str, object]:
     """Read the input contract for run_date, write validated/ and quarantine/."""
-    from pyspark import StorageLevel
 
     from recsys.spark import get_spark, size_shuffles
 
@@ -470,10 +478,10 @@ def run_validate(cfg: Config, rd: RunDir) -> dict[str, object]:
     )  # fmt: skip
     # One pass over the raw files: the two outputs read the annotated rows from the
     # cache instead of re-running parse, dedup window and bot join for each (measured
-    # in docs/benchmarks.md, "Spark vs DuckDB"). On local disk, not in the heap: at 1M
-    # users (50M rows) MEMORY_AND_DISK filled the 4g heap with cached blocks and the
-    # tasks died of OutOfMemoryError reading them back and reading the broadcast joins.
-    annotated = annotated.persist(StorageLevel.DISK_ONLY)
+    # in docs/benchmarks.md, "Spark vs DuckDB"). At 1M users (50M rows) the default
+    # MEMORY_AND_DISK filled the 4g heap with cached blocks and the tasks died of
+    # OutOfMemoryError reading them back and reading the broadcast joins.
+    annotated = _cache(annotated)
     clean, quarantine = split_annotated(annotated)
     _write(clean, str(rd.path("validated", "events")))
     # The rows are cached by now: one file costs one task's read of the cache.
@@ -539,7 +547,7 @@ def _splits(
         tables["holdout"] = holdout(inter, split_date, run_date)
     elif ec.enabled:
         before, after = cut_last_steps(inter, ec.leave_last_n)
-        splits["train"] = (before.cache(), run_date)
+        splits["train"] = (_cache(before), run_date)
         tables["holdout"] = targets(after)
     if cfg.rank.enabled:
         base, cutoff = splits["train"] if "train" in splits else splits["full"]
@@ -547,11 +555,11 @@ def _splits(
         by_days = rank_labels_by_days(cfg, base, cutoff)
         if by_days:
             label_start = cutoff - dt.timedelta(days=cfg.rank.label_days)
-            splits["rank"] = (base.where(F.col("ts") < _ts_lit(label_start)).cache(), label_start)
+            splits["rank"] = (_cache(base.where(F.col("ts") < _ts_lit(label_start))), label_start)
             tables["rank_labels"] = holdout(base, label_start, cutoff)
         else:
             before, after = cut_last_steps(base, cfg.rank.label_steps)
-            splits["rank"] = (before.cache(), cutoff)
+            splits["rank"] = (_cache(before), cutoff)
             tables["rank_labels"] = targets(after)
     return splits, tables, ("days" if cfg.rank.enabled and by_days else "steps")
 
@@ -595,7 +603,7 @@ def run_aggregate(cfg: Config, rd: RunDir) -> dict[str, object]:
     catalog = spark.read.parquet(str(rd.require("validated", "catalog")))
     clean = spark.read.parquet(str(rd.require("validated", "events")))
     n_shuffle = size_shuffles(spark, cfg.spark, [str(rd.require("validated", "events"))])
-    inter = interactions(clean, cfg.events.weights, cfg.events.min_rating_positive).cache()
+    inter = _cache(interactions(clean, cfg.events.weights, cfg.events.min_rating_positive))
     _write(catalog, str(rd.path("features", "catalog")), files=1)
     counts: dict[str, object] = {"protocol": cfg.evaluate.protocol if cfg.evaluate.enabled else "none",
                                  "shuffle_partitions": n_shuffle}  # fmt: skip
