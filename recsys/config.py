@@ -211,6 +211,11 @@ class TrainConfig(_Section):
     temperature: float = Field(default=0.07, gt=0)
     logq_correction: bool = True
     val_fraction: float = Field(default=0.1, ge=0.0, lt=0.5)
+    # ... and at most this many validation users (0 = no cap). A validation pass scores
+    # each of them over the whole catalog: at 1M users val_fraction gave 88,776 users and
+    # 96 s per pass (two passes in a 300 s budget); the Recall@20 mean of 10,000 users is
+    # within +-0.007 (95%), finer than the epoch-to-epoch moves early stopping reads.
+    max_val_users: int = Field(default=10_000, ge=0)
     # At most this many users: every user (not val_fraction of them) validates on its
     # last val_tail_steps steps, and once early stopping has chosen the epochs a second
     # model learns from every step for that many (small data: a 10% sample is a few

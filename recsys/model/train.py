@@ -410,6 +410,19 @@ def resolve_objective(cfg: Config, rd: RunDir, split: str) -> str:
     return "horizon" if by == "days" else "next_item"
 
 
+def validation_rows(cfg: Config, lengths: np.ndarray, rng: np.random.Generator, every_user: bool = False,
+                    none: bool = False) -> np.ndarray:  # fmt: skip
+    """Sorted rows [V] of the users whose last train.val_tail_steps steps validate: of
+    those with at least that many + 2 steps, every one (every_user), none, or a
+    val_fraction sample of at most max_val_users. lengths [U] steps per user."""
+    tc = cfg.train
+    eligible = np.flatnonzero(lengths >= tc.val_tail_steps + 2)
+    n_val = 0 if none else len(eligible) if every_user else int(len(eligible) * tc.val_fraction)
+    if tc.max_val_users and not every_user:
+        n_val = min(n_val, tc.max_val_users)
+    return np.sort(rng.choice(eligible, size=n_val, replace=False)) if n_val else np.zeros(0, dtype=np.int64)
+
+
 def _setup(cfg: Config, rd: RunDir, refit: bool = False) -> tuple[Trainer, dict[str, Any], Catalog, str]:
     """Data, model (warm-started when possible), encoder cache, splits, optimiser.
     refit: no validation users (the second model of small data, see train_model)."""
@@ -437,12 +450,9 @@ def _setup(cfg: Config, rd: RunDir, refit: bool = False) -> tuple[Trainer, dict[
     # the whole encoder trainable: run it on the batch's texts every step.
     cache = PrefixCache(enc, catalog.texts, store=TextStore(cfg.cache_dir() / "text", enc)) if enc.split > 0 else None
     bundle = Bundle(model, catalog.ids, type_names(cfg), device, cache=cache, texts=catalog.texts)
-    lengths = seqs.lengths()
-    tail = cfg.train.val_tail_steps
-    eligible = np.flatnonzero(lengths >= tail + 2)
     small = len(seqs) <= cfg.train.refit_max_users
-    n_val = 0 if refit else len(eligible) if small else int(len(eligible) * cfg.train.val_fraction)
-    val_rows = np.sort(rng.choice(eligible, size=n_val, replace=False)) if n_val else np.zeros(0, dtype=np.int64)
+    val_rows = validation_rows(cfg, seqs.lengths(), rng, every_user=small, none=refit)
+    tail = cfg.train.val_tail_steps
     is_val = np.zeros(len(seqs), dtype=bool)
     is_val[val_rows] = True
     L = cfg.model.max_seq_len
@@ -463,7 +473,7 @@ def _setup(cfg: Config, rd: RunDir, refit: bool = False) -> tuple[Trainer, dict[
         cfg=cfg, bundle=bundle, seqs=seqs, train_wins=wins, val_rows=val_rows,
         target_freq=counts / max(counts.sum(), 1.0),
         opt=torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay), rng=rng, full_softmax=full,
-        objective=objective, refit_after=small and not refit and n_val > 0,
+        objective=objective, refit_after=small and not refit and len(val_rows) > 0,
     )  # fmt: skip
     trainer.start_average()
     log.info(

@@ -118,3 +118,17 @@ def test_weight_average_tracks_steps_and_swaps_back():
     tr_off.update_average()
     with tr_off.averaged():
         assert model.weight.item() == 8.0
+
+
+def test_validation_rows_sample_capped_every_or_none():
+    from recsys.config import load_config
+    from recsys.model.train import validation_rows
+
+    lengths = np.array([10] * 900 + [4] * 100)  # 900 users with val_tail_steps (3) + 2 steps or more
+    cfg = load_config(overrides={"train": {"val_fraction": 0.1, "max_val_users": 50}}, environ={})
+    rows = validation_rows(cfg, lengths, np.random.default_rng(0))
+    assert len(rows) == 50 and (lengths[rows] >= 5).all() and (np.diff(rows) > 0).all()  # 90 capped at 50
+    uncapped = load_config(overrides={"train": {"val_fraction": 0.1, "max_val_users": 0}}, environ={})
+    assert len(validation_rows(uncapped, lengths, np.random.default_rng(0))) == 90
+    assert len(validation_rows(cfg, lengths, np.random.default_rng(0), every_user=True)) == 900  # no cap
+    assert len(validation_rows(cfg, lengths, np.random.default_rng(0), none=True)) == 0
