@@ -90,15 +90,24 @@ class Bundle:
     def user_vectors(self, seqs: Sequences, table: torch.Tensor, max_len: int, batch_size: int = 512,
                      rows: np.ndarray | None = None, drop_last: int = 0,
                      progress: str | None = None) -> torch.Tensor:  # fmt: skip
-        """User-tower state after each user's last step: [U, d] (no grad). progress: a
-        label to show progress under (the embed stage), None for quiet calls."""
+        """User-tower state after each user's last step: [U, d] (no grad), in rows' order.
+        progress: a label to show progress under (the embed stage), None for quiet calls.
+
+        Users go through the tower shortest history first, so a batch is padded to
+        about its own users' length: a batch pads to its longest row, and in random
+        order nearly every batch of 1,024 holds a full-length one (at 1M synthetic users
+        half of the positions computed were padding; median history 22 of 50 steps).
+        Padding never changes a user's state (it sits after the last step, and the
+        attention is causal), only the work."""
         was = self.model.training
         self.model.eval()
-        rows = np.arange(len(seqs)) if rows is None else rows
+        rows = np.arange(len(seqs)) if rows is None else np.asarray(rows)
+        steps = np.minimum(np.maximum(seqs.lengths()[rows] - drop_last, 0), max_len)  # [U]
+        order = np.argsort(steps, kind="stable")  # [U] shortest first
         out = []
         bar = Progress(len(rows), progress, "users") if progress else None
         for i in range(0, len(rows), batch_size):
-            r = rows[i : i + batch_size]
+            r = rows[order[i : i + batch_size]]
             if bar is not None:
                 bar.update(len(r))
             items, types, ts, valid = (t.to(self.device) for t in pad_batch(seqs, r, max_len, drop_last))
@@ -109,7 +118,10 @@ class Bundle:
         if bar is not None:
             bar.close()
         self.model.train(was)
-        return torch.cat(out) if out else torch.zeros(0, table.shape[1], device=self.device)
+        if not out:
+            return torch.zeros(0, table.shape[1], device=self.device)
+        inverse = torch.from_numpy(np.argsort(order)).to(self.device)  # back to rows' order
+        return torch.cat(out)[inverse]
 
 
 def _autocast(device: torch.device, enabled: bool = True):  # type: ignore[no-untyped-def]

@@ -25,3 +25,23 @@ def test_serving_users_embedded_shard_by_shard_equal_one_read(tiny_run, tiny_rd)
     assert (np.diff(shard_of(ids, 3)) >= 0).all() and len(set(shard_of(ids, 3))) == 3
     pos = {u: i for i, u in enumerate(whole_ids)}
     np.testing.assert_allclose(vecs, whole[[pos[u] for u in ids]], atol=1e-5)
+
+
+def test_user_vectors_in_length_order_equal_one_user_at_a_time(tiny_run, tiny_rd):
+    from recsys.features import load_sequences
+
+    cfg, _ = tiny_run
+    catalog = load_catalog(tiny_rd.require("features", "catalog"))
+    bundle = load_bundle(cfg, tiny_rd)
+    bundle.texts = catalog.texts
+    table, _ = bundle.item_table()
+    seqs = load_sequences(tiny_rd.require("features", "full", "sequences"), catalog.index(), bundle.type_names)
+    lengths = seqs.lengths()
+    assert lengths.min() < lengths.max()  # histories of different lengths: batches are padded
+    rows = np.random.default_rng(0).permutation(len(seqs))[:200]
+    batched = bundle.user_vectors(seqs, table, cfg.model.max_seq_len, batch_size=64, rows=rows).numpy()
+    alone = np.concatenate([bundle.user_vectors(seqs, table, cfg.model.max_seq_len, batch_size=1, rows=rows[i : i + 1]).numpy()
+                            for i in range(len(rows))])  # fmt: skip
+    np.testing.assert_allclose(batched, alone, atol=1e-5)  # each user's own vector, in rows' order
+    tail = bundle.user_vectors(seqs, table, cfg.model.max_seq_len, batch_size=64, rows=rows, drop_last=1).numpy()
+    assert not np.allclose(tail, batched, atol=1e-3)  # drop_last reads a shorter history
