@@ -280,14 +280,18 @@ def _empty_frame() -> pd.DataFrame:
 
 def blocked_mask(ctx: Context, users: list[str], rows: np.ndarray) -> np.ndarray:
     """rows [b, m] catalog rows proposed to users [b] -> [b, m] bool: not showable (no
-    row, not servable, or excluded for that user). One isin over (user, row) keys."""
+    row, not servable, or excluded for that user). One search over (user, row) keys."""
     n = len(ctx.catalog.ids)
     bad = (rows < 0) | ~ctx.servable[np.maximum(rows, 0)]
     lists = [np.fromiter(ctx.blocked(u), dtype=np.int64) for u in users]
     sizes = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
     if sizes.sum():
-        keys = np.repeat(np.arange(len(users), dtype=np.int64), sizes) * n + np.concatenate(lists)
-        bad |= np.isin(np.arange(len(users), dtype=np.int64)[:, None] * n + rows, keys)
+        # Binary search in the sorted keys, not np.isin: isin sorts the [b, m] queries
+        # together with the keys (0.76 vs 0.11 s for 10,000 users x 100 rows against
+        # 500,000 keys; 20% of a retrieve shard's time at 1M users went to isin).
+        keys = np.sort(np.repeat(np.arange(len(users), dtype=np.int64), sizes) * n + np.concatenate(lists))
+        q = np.arange(len(users), dtype=np.int64)[:, None] * n + rows  # [b, m]
+        bad |= keys[np.minimum(np.searchsorted(keys, q), len(keys) - 1)] == q
     return bad
 
 

@@ -81,3 +81,23 @@ def test_text_known_sources_split_the_items_without_history():
     ctx2 = tiny_context()
     ctx2.cfg = Config(model=ModelConfig(id_embedding_min_count=2))  # i0's 2 events now earn an id embedding
     assert LongTailSource(ctx2).generate(["u0"], k=5)["item_id"].tolist() == ["i1"]
+
+
+def test_blocked_mask_matches_each_users_own_exclusions():
+    from types import SimpleNamespace
+
+    from recsys.retrieve import blocked_mask
+
+    rng = np.random.default_rng(4)
+    n_items, users = 40, [f"u{i}" for i in range(30)]
+    excluded = {u: set(rng.choice(n_items, size=int(rng.integers(0, 8)), replace=False).tolist()) for u in users}
+    excluded["u3"] = {n_items - 1}  # the last row: its key borders the next user's first
+    servable = rng.random(n_items) > 0.2
+    ctx = SimpleNamespace(catalog=SimpleNamespace(ids=np.arange(n_items)), servable=servable,
+                          blocked=lambda u: excluded.get(u, set()))  # fmt: skip
+    rows = rng.integers(-1, n_items, size=(len(users), 25))  # -1: no row
+    rows[4, 0] = 0  # u4's row 0 (u3's last key + 1) is not u3's exclusion
+    got = blocked_mask(ctx, users, rows)  # type: ignore[arg-type]
+    want = np.array([[r < 0 or not servable[r] or int(r) in excluded[u] for r in rows[i]] for i, u in enumerate(users)])
+    np.testing.assert_array_equal(got, want)
+    assert want.any() and not want.all()
