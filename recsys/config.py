@@ -419,8 +419,9 @@ class EvaluateConfig(_Section):
     gate_max_drop_vs_previous: float = Field(default=0.25, ge=0.0, le=1.0)
     gate_enabled: bool = True
     # Users evaluated (a seeded sample of those with held-out events). The interval of a
-    # mean narrows as 1/sqrt(users): per-user NDCG@10 has a standard deviation of ~0.3,
-    # so 20,000 users give +-0.004 (95%), against gate tolerances of 25% of the metric
+    # mean narrows as 1/sqrt(users): per-user NDCG@10 has a standard deviation of
+    # 0.2-0.3 (0.19 on ml-latest-small, ~0.24 on the synthetic shop, from the intervals
+    # in docs/benchmarks.md), so 20,000 users give +-0.003-0.004 (95%), against gate tolerances of 25% of the metric
     # (0.04 at 0.17); 50,000 gave +-0.0026 for 2.5x the time (349 s of a 300k night,
     # the one user-side stage that did not run in shards). docs/benchmarks.md, 1M users.
     max_eval_users: int = Field(default=20_000, ge=1)
