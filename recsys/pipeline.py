@@ -72,7 +72,7 @@ class Sharded:
 
 
 SHARDED: dict[str, Sharded] = {
-    "retrieve": Sharded(("candidates/by_source.parquet",), finish="finish_retrieve"),
+    "retrieve": Sharded(("candidates/by_source.parquet",), prepare="prepare_retrieve", finish="finish_retrieve"),
     "rank": Sharded(("candidates/ranked.parquet",), prepare="prepare_rank", finish="finish_rank"),
     "rerank": Sharded(
         ("slates/slates.parquet", "slates/slate_items.parquet"), prepare="prepare_rerank", finish="finish_rerank"

@@ -8,7 +8,10 @@ tests in tests/test_retrieve.py run against every source.
 
 Sources: two_tower (FAISS inner product over the item tower), covisitation (what
 followed the user's recent items), trending (in the user's categories), new_arrivals
-(recent items ranked by the user vector: cold start), popularity (also the baseline).
+(recent items ranked by the user vector: cold start), long_tail (items known by their
+text alone, for the discover section), item_item (EASE's linear item-item model over
+the user's whole history, recsys/ease.py, for catalogs small enough to fit it),
+popularity (also the baseline).
 `blend` fuses them with weighted reciprocal-rank fusion into one ranked list per user.
 """
 
@@ -125,6 +128,7 @@ class Context:
     item_bias: np.ndarray | None = None  # [N] learned per-item prior
     temperature: float = 1.0
     user_vecs: dict[str, np.ndarray] = field(default_factory=dict)  # user_id -> [d]
+    item_item: Any = None  # [N, N] scipy CSR: the night's sparse EASE B (retrieve/item_item.npz)
     _index: VectorIndex | None = None
     _servable: np.ndarray | None = None
 
@@ -217,6 +221,11 @@ def load_context(
     )
     if with_vectors:
         _load_vectors(ctx, rd.require("embeddings"), split, every_user=shard is None and users is None)
+    ii = rd.path(*ITEM_ITEM_FILE)
+    if cfg.retrieve.source_weights.get("item_item", 0.0) > 0 and ii.is_file():
+        from recsys import ease
+
+        ctx.item_item = ease.load(ii, catalog.ids)
     return ctx
 
 
@@ -441,6 +450,95 @@ class CovisitationSource:
         })[CANDIDATE_COLUMNS]  # fmt: skip
 
 
+class ItemItemSource:
+    """EASE's linear item-item model (recsys/ease.py): a user's score for item j is the
+    sum of B[h, j] over every item h in the history (co-visitation reads the last few
+    items, this the whole history), fitted once a night by prepare_retrieve on the
+    models' split. Items without a positive score are not candidates."""
+
+    name = "item_item"
+
+    @staticmethod
+    def reason(anchor: str) -> str:
+        """The reason shown on a slot this source filled (anchor: its title or category)."""
+        return "Often liked together with what you liked"
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def generate(self, users: list[str], k: int) -> pd.DataFrame:
+        ctx, B = self.ctx, self.ctx.item_item
+        have = [u for u in users if u in ctx.user_row]
+        if B is None or not have:
+            return _empty_frame()
+        from recsys.ease import binary_matrix
+
+        n = B.shape[0]
+        ident = np.arange(n)
+        frames = []
+        # [b, N] dense scores per batch: at most 2^24 floats (64 MB).
+        for batch in _batches(have, max(1, (1 << 24) // max(n, 1)), self.name):
+            X = binary_matrix(ctx.seqs, ident, n, np.array([ctx.user_row[u] for u in batch]))  # [b, N]
+            S = np.asarray((X @ B).todense(), dtype=np.float64)  # [b, N]
+            # Not a candidate without a clearly positive score: sums of B entries that
+            # cancel leave float noise around 0, whose sign follows the BLAS threads.
+            S[S <= 1e-6] = -np.inf
+            S[:, ~ctx.servable] = -np.inf  # the over-fetch below covers exclusions only
+            rows = top_m_columns(S, min(n, k + _max_blocked(ctx, batch)))
+            frames.append(top_k_rows(ctx, batch, rows, np.take_along_axis(S, rows, 1), k, self.name))
+        return _concat(frames)
+
+
+def top_m_columns(scores: np.ndarray, m: int) -> np.ndarray:
+    """[b, N] scores -> [b, m] columns of each row's m best, ties to the lower column
+    (top_k_rows' order): the same users' candidates whatever m a batch over-fetches
+    (argpartition alone picks among ties at the m-th place arbitrarily)."""
+    b, n = scores.shape
+    if m >= n:
+        return np.broadcast_to(np.arange(n), (b, n))
+    kth = -np.partition(-scores, m - 1, axis=1)[:, m - 1 : m]  # [b, 1] each row's m-th best score
+    above = scores > kth
+    tie = scores == kth
+    room = m - above.sum(1, keepdims=True)  # [b, 1] places left for ties
+    take = above | (tie & (np.cumsum(tie, axis=1) <= room))  # exactly m per row
+    return np.nonzero(take)[1].reshape(b, m)
+
+
+ITEM_ITEM_FILE = ("retrieve", "item_item.npz")
+
+
+def prepare_retrieve(cfg: Config, rd: RunDir) -> dict[str, Any]:
+    """Once before the shards: fit the item_item source's EASE on the models' split
+    (every user, so each shard reads the same B) and keep its sparse form in
+    retrieve/item_item.npz; nothing when the source is off or the catalog too large."""
+    from recsys import ease
+
+    path = rd.path(*ITEM_ITEM_FILE)
+    path.unlink(missing_ok=True)
+    rc = cfg.retrieve
+    if rc.source_weights.get("item_item", 0.0) <= 0:
+        return {"item_item": "off (retrieve.source_weights)"}
+    t = time.time()
+    split = cfg.model_split()
+    # Counted from the item statistics first: a large shop never reads every history here.
+    n_events = pq.read_table(rd.require("features", split, "item_stats"), columns=["n_events"]).column("n_events")
+    n = int(np.count_nonzero(np.nan_to_num(n_events.to_numpy(zero_copy_only=False).astype(np.float64))))
+    catalog = load_catalog(rd.require("features", "catalog"))
+    fitted = None
+    if n <= rc.item_item_max_items:
+        seqs = load_sequences(rd.require("features", split, "sequences"), catalog.index(), cfg.type_names())
+        fitted = ease.fit(seqs, len(catalog.ids), rc.item_item_lambda, rc.item_item_max_items)
+    if fitted is None:
+        log.info("retrieve: item_item off tonight: %d items with events, retrieve.item_item_max_items=%d",
+                 n, rc.item_item_max_items)  # fmt: skip
+        return {"item_item": f"off: {n} items with events > retrieve.item_item_max_items"}
+    items, B = fitted
+    ease.save(path, ease.sparsify(items, B, rc.item_item_neighbors, len(catalog.ids)), catalog.ids)
+    log.info("retrieve: item_item (EASE) over %d items in %.1fs", len(items), time.time() - t)
+    return {"item_item": {"items": len(items), "neighbors": rc.item_item_neighbors,
+                          "seconds": round(time.time() - t, 1)}}  # fmt: skip
+
+
 class PopularitySource:
     """Global popularity (weighted event count before the cutoff); also the baseline."""
 
@@ -610,6 +708,7 @@ SOURCES: dict[str, Any] = {
     "trending": TrendingSource,
     "new_arrivals": NewArrivalsSource,
     "long_tail": LongTailSource,
+    "item_item": ItemItemSource,
     "popularity": PopularitySource,
 }
 # The sources the ranker (and its fallback, the blend) orders, in registry order.
@@ -691,4 +790,5 @@ def finish_retrieve(cfg: Config, rd: RunDir, prepared: dict[str, Any], infos: li
         "by_source": dict(by_source),
         "index_backend": infos[0]["index_backend"],
         "users_per_s_per_worker": round(users / max(busy, 1e-9), 1),
+        **prepared,
     }

@@ -12,7 +12,15 @@ import pytest
 
 from recsys.config import Config, load_config
 from recsys.features import Catalog, Sequences
-from recsys.rank import FeatureSpace, PairLookup, grade_levels, pair_features, train_lambdarank, wide_candidates
+from recsys.rank import (
+    FeatureSpace,
+    PairLookup,
+    common_rounds,
+    grade_levels,
+    pair_features,
+    train_lambdarank,
+    wide_candidates,
+)
 from recsys.retrieve import Context
 
 CUTOFF = dt.date(2026, 11, 22)
@@ -89,6 +97,16 @@ def test_pair_features_by_hand():
     assert i2["item_age_days"] == pytest.approx(10.0) and np.isnan(i3["item_age_days"])
     assert (i2["user_history_len"], i2["user_days_since_last"]) == (3.0, pytest.approx(1.0))
     assert i3["popularity_rank"] == 1.0 and np.isnan(i3["two_tower_rank"])
+    # the RRF blend: weight / (rrf_k + rank) summed over the sources (defaults: 1, 1, 0.1; k 20)
+    assert i2["blend_score"] == pytest.approx(1 / 21) and i1["blend_score"] == pytest.approx(1 / 21)
+    assert i3["blend_score"] == pytest.approx(0.1 / 21)
+
+
+def test_common_rounds_is_the_argmax_of_the_mean_curve_over_the_rounds_all_folds_ran():
+    # Fold 1 peaks at round 2, fold 2 at round 4 (beyond fold 1's last round); the mean
+    # over rounds 1..3 is [0.25, 0.25, 0.35]: round 3, which neither fold picked alone.
+    assert common_rounds([[0.1, 0.3, 0.2], [0.4, 0.2, 0.5, 0.6]]) == 3
+    assert common_rounds([[0.2, 0.5, 0.1]]) == 2  # one split: its own best round
 
 
 def test_pair_lookup_and_grades():
@@ -113,7 +131,9 @@ def test_lambdarank_finds_a_planted_signal():
     cfg = load_config(overrides={"rank": {"min_data_in_leaf": 10, "n_estimators": 100}}, environ={})
     u_idx = np.repeat(np.arange(n_u), n_c)
     train, val, test = u_idx < 200, (u_idx >= 200) & (u_idx < 250), u_idx >= 250
-    booster = train_lambdarank(cfg, X.astype(np.float32), labels, users, ["signal", "noise"], train, val)
+    curve: list[float] = []
+    booster = train_lambdarank(cfg, X.astype(np.float32), labels, users, ["signal", "noise"], train, val, curve=curve)
+    assert len(curve) == booster.current_iteration() and common_rounds([curve]) == booster.best_iteration
     s = booster.predict(X[test].astype(np.float32)).reshape(-1, n_c)
     top1 = (labels[test].reshape(-1, n_c)[np.arange(len(s)), s.argmax(1)] == 1).mean()
     assert top1 > 0.5
@@ -136,11 +156,30 @@ def test_rank_stage_outputs(tiny_run, tiny_rd):
     )
     meta = jsonio.read(tiny_rd.path("ranker", "meta.json"))
     info = results["rank"]
-    if meta.get("fallback"):  # a logged reason, and the blend is the ranked list
-        assert info["ranker"] == "rrf-blend" and meta["fallback"]
+    if meta.get("fallback"):  # a logged reason, and the blend or the best source is the ranked list
+        order = meta.get("fallback_order", "blend")
+        assert info["ranker"] == ("rrf-blend" if order == "blend" else order) and meta["fallback"]
+        if order != "blend":
+            assert set(ranked["source"]) == {order}
     else:
         assert info["ranker"] == "lightgbm-lambdarank" and tiny_rd.path("ranker", "model.txt").is_file()
         assert {n for n, _ in meta["feature_importance_gain"]} == set(meta["features"])
+
+
+def test_unlearned_orders_and_a_source_as_the_ranked_list():
+    from recsys.rank import source_order, unlearned_orders
+
+    c = cands([("u0", "i2", 5.0, "covisitation", 1, "i1"), ("u0", "i1", 0.9, "two_tower", 1, ""),
+               ("u0", "i3", 0.5, "two_tower", 2, ""), ("u1", "i0", 2.0, "covisitation", 1, "i3")])  # fmt: skip
+    pairs = wide_candidates(c)  # u0: i1, i2, i3; u1: i0
+    orders = unlearned_orders(Config())
+    assert next(iter(orders)) == "blend" and {"two_tower", "covisitation", "item_item"} <= set(orders)
+    np.testing.assert_array_equal(orders["two_tower"](pairs), [-1.0, -np.inf, -2.0, -np.inf])
+    np.testing.assert_allclose(orders["blend"](pairs), [1 / 21, 1 / 21, 1 / 22, 1 / 21])
+    r = source_order(c, "two_tower", k=1)
+    assert r[["user_id", "item_id", "rank", "source", "sources"]].values.tolist() == [
+        ["u0", "i1", 1, "two_tower", "two_tower"]
+    ]
 
 
 def test_empty_candidates_give_an_empty_feature_matrix():

@@ -101,3 +101,20 @@ def test_blocked_mask_matches_each_users_own_exclusions():
     want = np.array([[r < 0 or not servable[r] or int(r) in excluded[u] for r in rows[i]] for i, u in enumerate(users)])
     np.testing.assert_array_equal(got, want)
     assert want.any() and not want.all()
+
+
+def test_item_item_is_fitted_once_before_the_shards_and_skipped_for_large_catalogs(tiny_run, tiny_rd):
+    from recsys.retrieve import ITEM_ITEM_FILE, prepare_retrieve
+
+    cfg, _ = tiny_run
+    path = tiny_rd.path(*ITEM_ITEM_FILE)
+    info = prepare_retrieve(cfg, tiny_rd)["item_item"]
+    assert info["items"] > 0 and path.is_file()
+    ctx = load_context(cfg, tiny_rd, "full")
+    assert ctx.item_item.shape == (len(ctx.catalog.ids),) * 2
+    assert (np.diff(ctx.item_item.indptr) <= cfg.retrieve.item_item_neighbors).all()
+    small = cfg.model_copy(update={"retrieve": cfg.retrieve.model_copy(update={"item_item_max_items": 1})})
+    assert prepare_retrieve(small, tiny_rd)["item_item"].startswith("off")
+    assert not path.is_file() and load_context(small, tiny_rd, "full").item_item is None
+    prepare_retrieve(cfg, tiny_rd)  # as the run left it, for the tests after this one
+    assert path.is_file()

@@ -5,7 +5,9 @@ positive item of a user in that window), `leave_last` holds out each user's last
 leave_last_n steps. Models and the ranker were fitted on the history before the
 holdout (features/train and the rank split inside it). Every method ranks items from
 that history alone for the same users (those with history and a target they may still
-be shown):
+be shown), and every list skips the same items: those events.exclude_policy excludes
+and those not servable (a baseline that also skipped the whole history could never hit
+a repeat purchase of a viewed item, which the policy `purchased` leaves to be shown):
 - baselines:  popularity; last_item_cooc (what followed the user's last item); EASE
               (closed form, catalogs up to evaluate.ease_max_items)
 - sources:    every candidate source alone (two_tower, covisitation, ...)
@@ -34,7 +36,7 @@ from recsys.config import Config
 from recsys.evaluation.metrics import catalog_coverage, intra_list_diversity, per_user_metrics, summarise
 from recsys.evaluation.report import render_report
 from recsys.features import Sequences, load_sequences
-from recsys.rank import load_ranker, rank_candidates, ranker_input
+from recsys.rank import fallback_order, load_ranker, rank_candidates, ranker_input
 from recsys.rerank import build_slates, flatten
 from recsys.retrieve import SOURCES, Context, blend, generate_all, load_context
 from recsys.rundir import RunDir
@@ -124,13 +126,13 @@ def holdout_targets(cfg: Config, rd: RunDir, ctx: Context) -> dict[str, set[str]
 
 
 def _top_k_lists(ctx: Context, users: list[str], scores: np.ndarray, rows: np.ndarray, k: int) -> dict[str, list[str]]:
-    """scores [U, M] over catalog rows [M] -> top k item ids per user, skipping the
-    user's history, blocked and unservable items."""
+    """scores [U, M] over catalog rows [M] -> top k item ids per user, skipping blocked
+    (events.exclude_policy) and unservable items: the rule every method is held to."""
     out = {}
     ok = ctx.servable[rows]
     for j, u in enumerate(users):
         s = np.where(ok, scores[j], -np.inf)
-        bad = np.isin(rows, np.fromiter(ctx.blocked(u) | set(ctx.history(u).tolist()), dtype=np.int64))
+        bad = np.isin(rows, np.fromiter(ctx.blocked(u), dtype=np.int64))
         s[bad] = -np.inf
         top = np.argpartition(-s, min(k, len(s) - 1))[:k]
         top = top[np.argsort(-s[top], kind="stable")]
@@ -147,47 +149,32 @@ def last_item_cooc(ctx: Context, users: list[str], k: int) -> dict[str, list[str
         if nb is None:
             out[u] = []
             continue
-        bad = ctx.blocked(u) | set(h.tolist())
+        bad = ctx.blocked(u)
         out[u] = [str(ctx.catalog.ids[b]) for b in nb[0] if int(b) not in bad and ctx.servable[b]][:k]
     return out
 
 
 def ease(ctx: Context, users: list[str], k: int, lam: float, max_items: int,
          train: Sequences | None = None) -> dict[str, list[str]] | None:  # fmt: skip
-    """Baseline: EASE (Steck 2019), B = I - P / diag(P) with P = (X^T X + lam I)^-1 over
-    the items with training events, X from train (every user's history; default the
-    context's users); None when there are more than max_items of them (the solve is
-    O(M^3) and B is M x M)."""
-    from scipy import sparse
+    """Baseline: EASE (recsys/ease.py, the dense B) over the items with training events,
+    X from train (every user's history; default the context's users); None when there
+    are more than max_items of them."""
+    from recsys import ease as E
 
     train = train if train is not None else ctx.seqs
     n_all = len(ctx.catalog.ids)
-    items = np.unique(train.items)  # [M] catalog rows with events
-    if len(items) > max_items or len(items) == 0:
+    fitted = E.fit(train, n_all, lam, max_items)
+    if fitted is None:
         return None
+    items, B = fitted
     col = np.full(n_all, -1, dtype=np.int64)
     col[items] = np.arange(len(items))
-
-    def matrix(seqs: Sequences) -> Any:
-        rows_u = np.repeat(np.arange(len(seqs)), seqs.lengths())
-        c = col[seqs.items]
-        X = sparse.csr_matrix((np.ones(int((c >= 0).sum()), dtype=np.float32), (rows_u[c >= 0], c[c >= 0])),
-                              shape=(len(seqs), len(items)))  # fmt: skip
-        X.data[:] = 1.0  # binary: a repeated item counts once
-        return X
-
-    X = matrix(train)
-    G = (X.T @ X).toarray().astype(np.float64)  # [M, M]
-    G[np.diag_indices_from(G)] += lam
-    P = np.linalg.inv(G)
-    B = (P / -np.diag(P)).astype(np.float32)
-    B[np.diag_indices_from(B)] = 0.0
-    Xu = X if train is ctx.seqs else matrix(ctx.seqs)
     out: dict[str, list[str]] = {}
     for i in range(0, len(users), 2048):
         batch = users[i : i + 2048]
         r = np.array([ctx.user_row[u] for u in batch])
-        out.update(_top_k_lists(ctx, batch, np.asarray(Xu[r] @ B), items, k))  # [b, M] scores
+        Xu = E.binary_matrix(ctx.seqs, col, len(items), r)
+        out.update(_top_k_lists(ctx, batch, np.asarray(Xu @ B), items, k))  # [b, M] scores
     return out
 
 
@@ -217,7 +204,7 @@ def method_lists(cfg: Config, rd: RunDir, ctx: Context, users: list[str]) -> dic
         log.info("evaluate: EASE over %d items in %.1fs", len(np.unique(ctx.seqs.items)), time.time() - t)
     blended = blend(ranker_input(cands), cfg.retrieve.source_weights, cfg.rerank.rrf_k, cfg.retrieve.top_k)
     lists["blended"] = _lists(blended, "rank")
-    ranked = rank_candidates(cfg, load_ranker(rd), ctx, cands)
+    ranked = rank_candidates(cfg, load_ranker(rd), ctx, cands, fallback=fallback_order(rd))
     lists["ranked"] = _lists(ranked, "rank")
     slates = build_slates(cfg, ctx, ranked, cands)
     lists["homepage"] = {u: flatten(secs) for u, secs in slates.items()}

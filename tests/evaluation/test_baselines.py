@@ -11,11 +11,15 @@ from recsys.retrieve import Context
 from tests.test_rank import CUTOFF, tiny_context
 
 
-def test_last_item_cooc_follows_the_last_item_and_skips_history():
+def test_last_item_cooc_follows_the_last_item_and_the_exclusions():
     ctx = tiny_context()  # u0: i0, i1, i0; co-visitation i0 -> i2 (3.0), i0 -> i3 (1.0)
     assert last_item_cooc(ctx, ["u0"], 5) == {"u0": ["i2", "i3"]}
     ctx.excluded = {"u0": {2}}
     assert last_item_cooc(ctx, ["u0"], 5) == {"u0": ["i3"]}
+    # The history is skipped only where the exclusion policy says so, as for every
+    # method: i1 follows i0 now and u0 saw i1, but nothing excludes it.
+    ctx.covis[0] = (np.array([1, 3]), np.array([3.0, 1.0]))
+    assert last_item_cooc(ctx, ["u0"], 5) == {"u0": ["i1", "i3"]}
 
 
 def test_ease_recommends_what_co_occurs():
@@ -31,6 +35,10 @@ def test_ease_recommends_what_co_occurs():
                   brand=np.full(4, "", dtype=object), price=np.full(4, np.nan))  # fmt: skip
     ctx = Context(cfg=Config(), cutoff=CUTOFF, catalog=cat, seqs=seqs, user_row={u: i for i, u in enumerate(users)},
                   item_stats=pd.DataFrame({"n_events": [4, 3, 2, 2]}), covis={}, excluded={})  # fmt: skip
+    got = ease(ctx, ["q"], 4, lam=1.0, max_items=10)
+    # a's own score is B[a, a] = 0: shown (last, after b) unless the policy excludes it
+    assert got is not None and got["q"][:2] == ["b", "a"]
+    ctx.excluded = {"q": {0}}
     got = ease(ctx, ["q"], 3, lam=1.0, max_items=10)
     assert got is not None and got["q"][0] == "b" and "a" not in got["q"]
     assert ease(ctx, ["q"], 3, lam=1.0, max_items=3) is None  # 4 items > max_items: skipped
