@@ -429,7 +429,12 @@ class EvaluateConfig(_Section):
     gate_method: Literal["ranked", "homepage", "blended", "two_tower"] = "ranked"
     # The gated method must reach this fraction of the best in-run baseline's gate
     # metric (the baselines: popularity, last-item co-occurrence, EASE where computed).
-    gate_min_ratio_vs_baseline: float = Field(default=1.0, ge=0.0)
+    # 0.95: a night measurably below the best simple method is blocked, one within its
+    # noise is not. Held to the same exclusion rule as the methods, EASE on the
+    # synthetic shop scores 0.2183 against the ranked list's 0.2151-0.2218 over runs of
+    # the same code, whose 95% interval is +-0.010 (4.5%); at 1.0 the demo's night was
+    # a coin toss. The previous-run check below guards against a slow decline.
+    gate_min_ratio_vs_baseline: float = Field(default=0.95, ge=0.0)
     # EASE (closed form, an item x item solve) is computed for catalogs up to this size.
     ease_max_items: int = Field(default=20_000, ge=0)
     ease_lambda: float = Field(default=200.0, gt=0)

@@ -560,9 +560,10 @@ def fit_ranker(cfg: Config, rd: RunDir) -> tuple[Ranker | None, dict[str, Any]]:
         "val_ndcg@10": {k: round(v, 4) for k, v in ndcg.items()},
     })  # fmt: skip
     booster = fits[0][2]
-    log.info("rank: val NDCG@10 ranker %.4f vs %s %.4f, blend %.4f (%d val users in %d fold(s), %d rounds; each "
-             "fold's best %s)", ndcg["ranker"], best, ndcg[best], ndcg["blend"], n_val, len(folds), rounds,
-             iterations)  # fmt: skip
+    log.info("rank: val NDCG@10 ranker %.4f vs the best unlearned order %s %.4f (%s; %d val users in %d fold(s), "
+             "%d rounds; each fold's best %s)", ndcg["ranker"], best, ndcg[best],
+             ", ".join(f"{k} {v:.4f}" for k, v in ndcg.items() if k not in ("ranker", best)), n_val, len(folds),
+             rounds, iterations)  # fmt: skip
     if not ndcg["ranker"] >= ndcg[best]:
         info["fallback"] = f"ranker below {best} on validation users ({ndcg['ranker']:.4f} < {ndcg[best]:.4f})"
         info["fallback_order"] = best
