@@ -9,8 +9,9 @@
 LightGBM lambdarank was chosen over XGBoost rank:ndcg for its native missing-value
 handling (a source that did not return an item is "missing", not a made-up rank) and
 because it trains on 2 cores in seconds at this size; see docs/design.md.
-The ranker is kept only when it beats the RRF blend on held-out label users; otherwise,
-or with too few label users, the blend is the ranked list and meta.json says why.
+The ranker is kept only when it beats the RRF blend and every source alone on held-out
+label users; otherwise the best of those orders is the ranked list (the blend with too
+few label users to compare), and meta.json says which and why.
 Features are computed in numpy over (user, item) pair arrays, batch by batch of users.
 """
 
@@ -636,7 +637,7 @@ def top_k_per_user(pairs: pd.DataFrame, k: int) -> pd.DataFrame:
 
 
 def load_ranker(rd: RunDir) -> Ranker | None:
-    """The ranker this run trained, or None when it fell back to the blend."""
+    """The ranker this run trained, or None when it fell back (see fallback_order)."""
     import lightgbm as lgb
 
     meta = jsonio.read(rd.require("ranker", "meta.json"))
@@ -665,7 +666,8 @@ def prepare_rank(cfg: Config, rd: RunDir) -> dict[str, Any]:
         info["features"] = ranker.features
     else:
         (out / "model.txt").unlink(missing_ok=True)
-        log.warning("rank: no learned ranker tonight, the RRF blend is the ranked list: %s", info["fallback"])
+        log.warning("rank: no learned ranker tonight, %s is the ranked list: %s",
+                    info.get("fallback_order", "the RRF blend"), info["fallback"])  # fmt: skip
     jsonio.write(out / "meta.json", info)
     summary = {k: v for k, v in info.items() if k not in ("feature_importance_gain", "features")}
     summary["top_features"] = [n for n, _ in info.get("feature_importance_gain", [])[:5]]
