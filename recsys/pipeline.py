@@ -4,7 +4,7 @@
     aggregate  validated/ -> features/{train,full}/ + holdout     (Spark)
     train      features/ -> model/                                (torch; GPU if present)
     embed      model/ -> embeddings/ (every item, every user)     (torch)
-    retrieve   embeddings/ + features/ -> candidates/by_source    (FAISS + other sources)
+    retrieve   embeddings/ + features/ -> candidates/by_source    (EASE fit once, FAISS + other sources)
     rank       features/rank -> ranker/; candidates -> candidates/ranked (LightGBM lambdarank)
     rerank     candidates/ranked -> slates/ (diversified sections, reasons, fallbacks)
     evaluate   holdout metrics vs baselines -> metrics.json, report.html, gate
@@ -14,7 +14,7 @@ Each stage is one function `(cfg, rd) -> info`; `run_stage` records its info, ti
 and status in manifest.json. Airflow calls `run_stage` once per task.
 
 Sharded stages (SHARDED: retrieve, rank, rerank) run per user shard (recsys/shards.py):
-`prepare` once (decide the shard list, clear the stage's outputs, e.g. fit the ranker),
+`prepare` once (decide the shard list, clear the stage's outputs, e.g. fit the ranker or EASE),
 the stage function once per shard `(cfg, rd, shard, n_shards) -> info`, each reading only
 its users' inputs and writing its own part files, then `finish` once (merge the shard
 infos). `run_stage` does all three, the shards in a process pool over the cores; the
