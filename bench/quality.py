@@ -22,10 +22,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recsys.config import _deep_merge, load_config, parse_set_overrides  # noqa: E402
+from recsys.config import Config, _deep_merge, load_config, parse_set_overrides  # noqa: E402
+from recsys.data.synthetic import SyntheticSpec  # noqa: E402
 from recsys.evaluation.evaluate import BASELINES  # noqa: E402
 from recsys.pipeline import run_pipeline  # noqa: E402
 from recsys.rundir import RunDir  # noqa: E402
+
+SYNTHETIC_DATE = dt.date(2026, 11, 22)
 
 
 def table(m: dict) -> str:
@@ -46,21 +49,16 @@ def table(m: dict) -> str:
     return "\n".join(lines) + f"\n\nbest baseline: {best}"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("dataset", choices=["synthetic", "movielens"])
-    p.add_argument("--work", default=str(ROOT / "work" / "bench"))
-    p.add_argument("--set", action="append", default=[], help="config override KEY=VALUE")
-    p.add_argument("--from", dest="start", default=None, help="re-run from this stage")
-    a = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    work = Path(a.work) / a.dataset
-    if a.dataset == "synthetic":
-        from recsys.data.synthetic import SyntheticSpec, generate
+def setup(dataset: str, work_root: str, sets: list[str]) -> tuple[Config, dt.date]:
+    """The data set under work_root/dataset (generated or imported once) and the
+    config every quality bench scores it with."""
+    work = Path(work_root) / dataset
+    if dataset == "synthetic":
+        from recsys.data.synthetic import generate
 
-        data, date = work / "data", dt.date(2026, 11, 22)
+        data, date = work / "data", SYNTHETIC_DATE
         if not (data / "events").is_dir():
-            generate(data, SyntheticSpec(end_date=date - dt.timedelta(days=1)))
+            generate(data, synthetic_spec())
         over: dict = {"evaluate": {"protocol": "time", "holdout_days": 7}}
     else:
         from recsys.data.movielens import import_movielens
@@ -76,7 +74,24 @@ def main() -> None:
                            "bot_max_events_per_day": 1_000_000}}  # fmt: skip
     over["paths"] = {"data_root": str(data), "work_root": str(work / "work")}
     over["evaluate"]["gate_enabled"] = False  # measure, never block
-    cfg = load_config(overrides=_deep_merge(over, parse_set_overrides(a.set)), environ={})
+    return load_config(overrides=_deep_merge(over, parse_set_overrides(sets)), environ={}), date
+
+
+def synthetic_spec() -> SyntheticSpec:
+    """The synthetic shop of this bench: the generator's defaults, ending the day
+    before SYNTHETIC_DATE."""
+    return SyntheticSpec(end_date=SYNTHETIC_DATE - dt.timedelta(days=1))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("dataset", choices=["synthetic", "movielens"])
+    p.add_argument("--work", default=str(ROOT / "work" / "bench"))
+    p.add_argument("--set", action="append", default=[], help="config override KEY=VALUE")
+    p.add_argument("--from", dest="start", default=None, help="re-run from this stage")
+    a = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg, date = setup(a.dataset, a.work, a.set)
     t0 = time.time()
     run_pipeline(cfg, date, start=a.start, stop="evaluate")
     rd = RunDir(cfg, date)

@@ -66,6 +66,7 @@ class FeatureSpace:
     ctx: Context
     covis: PairLookup  # (anchor row, candidate row) -> co-visitation score
     cat_code: np.ndarray  # [N] int category code
+    top_code: np.ndarray  # [N] int code of the category path's first level ("Kitchen>Knives" -> Kitchen)
     brand_code: np.ndarray  # [N] int brand code (0 = none)
     pop_pct: np.ndarray  # [N] popularity percentile in [0, 1]
 
@@ -84,6 +85,9 @@ class FeatureSpace:
             ctx=ctx,
             covis=covis,
             cat_code=pd.factorize(ctx.catalog.category)[0].astype(np.int64),
+            top_code=pd.factorize(pd.Series(ctx.catalog.category, dtype=object).str.split(">").str[0])[0].astype(
+                np.int64
+            ),
             brand_code=np.where(ctx.catalog.brand == "", 0, pd.factorize(ctx.catalog.brand)[0] + 1).astype(np.int64),
             pop_pct=pct,
         )
@@ -286,10 +290,41 @@ def user_item_features(space: FeatureSpace, b: PairBatch) -> Columns:
     return cols
 
 
+def hierarchy_features(space: FeatureSpace, b: PairBatch) -> Columns:
+    """The catalog tree as a factorised preference, P(item | user) ~ P(top level | user) x
+    P(item | top level), and the same at the category level: the item's share of its
+    category's and its top level's popularity and trend, the user's smoothed share of
+    their history in the item's top level, and the products. A tree adds features but
+    cannot multiply them; on the synthetic shop, whose sessions pick a department by the
+    user's interest and an item by popularity inside it, this product alone is the
+    two-line model of bench/synthetic_ceiling.py (plug_in)."""
+    st, i = space.ctx.item_stats, b.i_row
+    fu, fi = b.flat[0], b.flat[1]
+    cols: Columns = {}
+    shares = {}
+    for level, code in (("category", space.cat_code), ("top", space.top_code)):
+        m = int(code.max()) + 1 if len(code) else 1
+        for kind in ("pop", "trend"):
+            x = st[f"{kind}_score"].to_numpy(np.float64)
+            tot = np.bincount(code, weights=x, minlength=m)[code[i]]
+            shares[level, kind] = np.divide(x[i], tot, out=np.full(len(i), np.nan), where=tot > 0)
+            cols[f"item_{level}_{kind}_share"] = shares[level, kind]
+        # The user's share of history steps in the item's node, smoothed towards uniform
+        # over the m nodes (one pseudo-step each): a new user's product is the item's share.
+        ck, cc = np.unique(fu * m + code[fi], return_counts=True)
+        n = PairLookup(ck // m, ck % m, cc.astype(np.float64), m).get(b.u_pos, code[i])
+        user = (n + 1.0) / (b.hist_len[b.u_pos] + m)
+        if level == "top":
+            cols["user_top_share"] = user
+        cols[f"affinity_x_{level}_trend"] = user * shares[level, "trend"]
+        cols[f"affinity_x_{level}_pop"] = user * shares[level, "pop"]
+    return cols
+
+
 # The feature registry: a new feature group is one function here. The saved ranker
 # records its feature names, and applying it with other features is a clear error.
 FEATURE_GROUPS = [source_features, user_features, vector_features, covis_features, item_features,
-                  user_item_features]  # fmt: skip
+                  user_item_features, hierarchy_features]  # fmt: skip
 
 
 def pair_features(space: FeatureSpace, pairs: pd.DataFrame, recent: int) -> tuple[np.ndarray, list[str]]:

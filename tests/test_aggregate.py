@@ -171,10 +171,13 @@ def test_rank_labels_by_days_when_users_come_back(spark):
         rows += [(f"u{i}", "b", "view", "2026-11-21T10:00:00", None) for i in range(n_recent)]
         return interactions(clean_events(spark, rows), WEIGHTS, 0.0)
 
-    cfg = load_config(overrides={"rank": {"min_train_users": 2}}, environ={})
+    cfg = load_config(overrides={"rank": {"min_train_users": 2, "label_days": 1}}, environ={})
     assert rank_labels_by_days(cfg, inter(3), D)  # 3 of 20 users active on Nov 21
     assert not rank_labels_by_days(cfg, inter(1), D)  # 1 < min_train_users
     assert not rank_labels_by_days(cfg, inter(3), D + dt.timedelta(days=2))  # nobody in the last day
+    days3 = load_config(overrides={"rank": {"min_train_users": 2}}, environ={})  # label_days 3 (default)
+    assert rank_labels_by_days(days3, inter(3), D + dt.timedelta(days=2))  # Nov 21 is in the last 3 days
+    assert not rank_labels_by_days(days3, inter(3), D + dt.timedelta(days=4))
     fixed = load_config(overrides={"rank": {"labels": "steps", "min_train_users": 2}}, environ={})
     assert not rank_labels_by_days(fixed, inter(3), D)
 

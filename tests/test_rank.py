@@ -73,14 +73,18 @@ def test_wide_candidates_one_row_per_pair_with_provenance():
     assert w.loc["i3", "source"] == "popularity" and w.loc["i3", "n_sources"] == 1
 
 
-def test_pair_features_by_hand():
-    ctx = tiny_context()
+def features_of_three(ctx: Context) -> tuple[dict, dict, dict]:
+    """u0's features for i1 (two-tower), i2 (co-visitation from i1), i3 (popularity)."""
     c = cands([("u0", "i2", 5.0, "covisitation", 1, "i1"), ("u0", "i1", 1.0, "two_tower", 1, ""),
                ("u0", "i3", 5.0, "popularity", 1, "")])  # fmt: skip
     pairs = wide_candidates(c)
     X, names = pair_features(FeatureSpace.build(ctx), pairs, recent=3)
     f = {item: dict(zip(names, X[i].tolist(), strict=True)) for i, item in enumerate(pairs["item_id"])}
-    i1, i2, i3 = f["i1"], f["i2"], f["i3"]
+    return f["i1"], f["i2"], f["i3"]
+
+
+def test_pair_features_by_hand():
+    i1, i2, i3 = features_of_three(tiny_context())
     # co-visitation from the recent items [i0, i1, i0] (most recent first) to i2: 3, 5, 3
     assert (i2["covis_last"], i2["covis_max"], i2["covis_best_pos"]) == (3.0, 5.0, 1.0)
     assert i2["covis_recency"] == pytest.approx(3 + 5 / 2 + 3 / 3)
@@ -100,6 +104,23 @@ def test_pair_features_by_hand():
     # the RRF blend: weight / (rrf_k + rank) summed over the sources (defaults: 1, 1, 0.1; k 20)
     assert i2["blend_score"] == pytest.approx(1 / 21) and i1["blend_score"] == pytest.approx(1 / 21)
     assert i3["blend_score"] == pytest.approx(0.1 / 21)
+
+
+def test_hierarchy_features_by_hand():
+    """Categories K>A (i0, i1), K>B (i2), H>B (i3); u0's history i0, i1, i0 is all K>A;
+    pop 2, 1, 0, 5 and trend 1, 1, 0, 0 (tiny_context)."""
+    ctx = tiny_context()
+    ctx.catalog.category = np.array(["K>A", "K>A", "K>B", "H>B"], dtype=object)
+    i1, i2, i3 = features_of_three(ctx)
+    # the item's share of its category's / top level's popularity; NaN where the node has none
+    assert i1["item_category_pop_share"] == pytest.approx(1 / 3) and np.isnan(i2["item_category_pop_share"])
+    assert (i2["item_top_pop_share"], i3["item_top_pop_share"]) == (0.0, 1.0)
+    assert i1["item_top_trend_share"] == 0.5 and np.isnan(i3["item_top_trend_share"])
+    # the user's top-level share with one pseudo-step per node: K (3 + 1) / (3 + 2), H 1 / 5
+    assert i2["user_top_share"] == pytest.approx(0.8) and i3["user_top_share"] == pytest.approx(0.2)
+    assert i1["affinity_x_top_pop"] == pytest.approx(0.8 / 3) and i3["affinity_x_top_pop"] == pytest.approx(0.2)
+    # categories: K>A (3 + 1) / (3 + 3) x trend share 1/2
+    assert i1["affinity_x_category_trend"] == pytest.approx(1 / 3) and np.isnan(i2["affinity_x_category_trend"])
 
 
 def test_common_rounds_is_the_argmax_of_the_mean_curve_over_the_rounds_all_folds_ran():

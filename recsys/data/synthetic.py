@@ -18,12 +18,12 @@ Deterministic for a given seed.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 import logging
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -106,9 +106,14 @@ class SyntheticSpec:
     bot_users: int | None = None
     bot_events_per_day: int = 2500  # on one day; above events.bot_max_events_per_day
 
+    seed: int = 7
+
     def n_bots(self) -> int:
         return self.n_users // 3000 if self.bot_users is None else self.bot_users
-    seed: int = 7
+
+    def day_index(self, date: dt.date) -> int:
+        """The generator's day number of date (0 = the first day with events)."""
+        return (date - self.end_date).days + self.days - 1
 
 
 @dataclass
@@ -232,8 +237,7 @@ def _day_events(
     st_cat = comp_pow[np.minimum(moves_so_far, len(comp_pow) - 1), start_cat[st_sess]]
     # Item per step: popularity within the category among live items, new items boosted
     # for their first days so cold items collect some events.
-    age = day - cat.created_day
-    w_all = pop * np.where((cat.created_day > 0) & (age < 5), 20.0, 1.0) * live
+    w_all = step_weights(cat, pop, day)
     st_item = np.full(len(st_sess), -1, dtype=np.int64)
     u = rng.random(len(st_sess))
     for c in np.unique(st_cat):
@@ -268,17 +272,77 @@ def _day_events(
     return {"user": s_user[ev_sess], "item": st_item[ev_step], "etype": etype, "ts": ts, "session": ev_sess}
 
 
+@dataclass
+class World:
+    """The generator's hidden state: what the events are drawn from (bench/synthetic_ceiling.py
+    scores a ranking that knows it, the ceiling no method can pass on this data)."""
+
+    cat: _Catalog
+    pop: np.ndarray  # [I] Zipf weight of each item within its category
+    interest: np.ndarray  # [U, D] each user's department mix (rows sum to 1)
+    activity: np.ndarray  # [U] sessions-per-day multiplier (mean 1)
+    dept_of: np.ndarray  # [C] department of each flat category
+    complement: np.ndarray  # [C] the category a session moves on to
+    rng: np.random.Generator  # positioned after the latent draws: the events come next
+
+
+def world(spec: SyntheticSpec) -> World:
+    """Catalog, popularity and users, drawn in generate's order from spec.seed."""
+    rng = np.random.default_rng(spec.seed)
+    _, _, dept_of, complement = _flat_categories()
+    n_depts = int(dept_of.max()) + 1
+    cat = _make_catalog(spec, rng)
+    # Zipf popularity: a random rank per item, weight rank^-a.
+    pop = (rng.permutation(len(cat.item_id)) + 1.0) ** (-spec.zipf_a)
+    # Users: interests over departments (sparse Dirichlet), activity (log-normal).
+    interest = rng.dirichlet(np.full(n_depts, 0.3), size=spec.n_users)  # [U, D]
+    activity = np.exp(rng.normal(0.0, 0.8, size=spec.n_users))
+    activity /= activity.mean()
+    return World(cat, pop, interest, activity, dept_of, complement, rng)
+
+
+def step_weights(cat: _Catalog, pop: np.ndarray, day: int) -> np.ndarray:
+    """[I] the weight of each item when a session step picks one within its category on
+    day (day index): popularity, boosted 20x for an item's first 5 days so new items
+    collect events, 0 when not live."""
+    live = (cat.created_day <= day) & (cat.unavailable_from > day)
+    age = day - cat.created_day
+    return pop * np.where((cat.created_day > 0) & (age < 5), 20.0, 1.0) * live
+
+
+def category_shares(w: World, days: range) -> np.ndarray:
+    """[I] each item's chance of being the pick of a step in its category, summed over
+    days (day indices)."""
+    n_cat = len(w.dept_of)
+    out = np.zeros(len(w.cat.item_id))
+    for day in days:
+        sw = step_weights(w.cat, w.pop, day)
+        tot = np.bincount(w.cat.cat_idx, weights=sw, minlength=n_cat)[w.cat.cat_idx]  # [I]
+        out += np.divide(sw, tot, out=np.zeros_like(sw), where=tot > 0)
+    return out
+
+
+def expected_views(w: World, days: range, interest: np.ndarray | None = None) -> np.ndarray:
+    """[U, I] each user's expected number of session steps on each item over days (day
+    indices), up to the user's activity (a per-user constant that leaves the order of
+    their items unchanged); interest [U, D] replaces the true one (an estimate). A
+    session's department follows the interest; its start category is uniform in the
+    department and complement moves stay inside it, so every step's category is uniform
+    in the department; the item follows step_weights within the category."""
+    dept = w.dept_of[w.cat.cat_idx]  # [I]
+    mix = w.interest if interest is None else interest
+    return mix[:, dept] / np.bincount(w.dept_of)[dept] * category_shares(w, days)
+
+
 def generate(out_root: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> dict[str, int]:
     """Write events/dt=*/ and catalog/dt=*/ under out_root; returns row counts."""
     t0 = time.time()
     out = Path(out_root)
-    rng = np.random.default_rng(spec.seed)
-    paths, _, dept_of, complement = _flat_categories()
+    w = world(spec)
+    rng, cat, pop, dept_of, complement = w.rng, w.cat, w.pop, w.dept_of, w.complement
+    paths, _, _, _ = _flat_categories()
     n_depts = int(dept_of.max()) + 1
-    cat = _make_catalog(spec, rng)
     n_total = len(cat.item_id)
-    # Zipf popularity: a random rank per item, weight rank^-a.
-    pop = (rng.permutation(n_total) + 1.0) ** (-spec.zipf_a)
     dept_first_cat = np.array([int(np.flatnonzero(dept_of == d)[0]) for d in range(n_depts)])
     dept_n_cats = np.bincount(dept_of, minlength=n_depts)
     max_len = 64
@@ -286,12 +350,8 @@ def generate(out_root: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> dic
     comp_pow[0] = np.arange(len(paths))
     for k in range(1, max_len):
         comp_pow[k] = complement[comp_pow[k - 1]]
-
-    # Users: interests over departments (sparse Dirichlet), activity (log-normal).
-    interest = rng.dirichlet(np.full(n_depts, 0.3), size=spec.n_users)  # [U, D]
-    interest_cum = np.cumsum(interest, axis=1)
-    activity = np.exp(rng.normal(0.0, 0.8, size=spec.n_users))
-    activity /= activity.mean()
+    interest_cum = np.cumsum(w.interest, axis=1)
+    activity = w.activity
     user_ids = np.array([f"u{u:07d}" for u in range(spec.n_users)], dtype=object)
     start = spec.end_date - dt.timedelta(days=spec.days - 1)
     start64 = np.datetime64(start, "D")

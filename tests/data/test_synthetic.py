@@ -1,5 +1,6 @@
 import datetime as dt
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from recsys.contract import CATALOG_COLUMNS
@@ -53,3 +54,30 @@ def test_injected_faults_scale_with_the_data(tmp_path):
         counts = generate(tmp_path / str(users), spec)
         bad_share = counts["bad_rows"] / (counts["events"] + counts["bad_rows"])
         assert bad_share < 0.05, (users, counts)  # under production's max_reject_rate (config/example.yaml)
+
+
+def test_expected_views_match_what_the_generator_draws(tmp_path):
+    """bench/synthetic_ceiling.py ranks by expected_views: each department's share of a
+    user's steps is their interest, spread evenly over its categories, and an item's
+    share of its category follows popularity, the new-item boost and availability. The
+    drawn views per item must match it (total variation 0.015 here), and the model
+    without the department spread (0.073) or plain popularity (0.50) must not."""
+    from recsys.data.synthetic import category_shares, expected_views, world
+
+    spec = SyntheticSpec(n_users=20_000, n_items=100, days=4, corrupt_rate=0.0, bot_users=0, seed=3,
+                         new_items_per_day=0.05)  # fmt: skip
+    generate(tmp_path, spec)
+    w = world(spec)
+    views = pq.read_table(tmp_path / "events", filters=[("event_type", "=", "view")]).to_pandas()
+    drawn = np.bincount(views["item_id"].str[1:].astype(int), minlength=len(w.cat.item_id))
+    ev = expected_views(w, range(spec.days))  # [U, I]
+    assert np.allclose(ev.sum(1), spec.days)  # one step's worth per day, over every item
+
+    def tv(expected):  # total variation distance between the two item distributions
+        return 0.5 * np.abs(drawn / drawn.sum() - expected / expected.sum()).sum()
+
+    dept = w.dept_of[w.cat.cat_idx]
+    no_spread = (w.activity[:, None] * w.interest[:, dept]).sum(0) * category_shares(w, range(spec.days))
+    plain_pop = w.pop * (w.cat.created_day <= 0)
+    assert tv((w.activity[:, None] * ev).sum(0)) < 0.03
+    assert tv(no_spread) > 0.05 and tv(plain_pop) > 0.05
