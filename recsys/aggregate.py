@@ -341,7 +341,10 @@ def covisitation(seqs: DataFrame, window: int, top_n: int) -> DataFrame:
         "i -> named_struct('item_id', items[i], 'neighbor_id', items[i + d], 'w', 1.0D / d)), array())))"
     )
     ex = seqs.select(F.explode(pairs).alias("p")).select("p.*").where(F.col("item_id") != F.col("neighbor_id"))
-    scored = ex.groupBy("item_id", "neighbor_id").agg(F.sum("w").alias("score"))
+    # Rounded: a float sum depends on the order rows arrive in, which the partitioning
+    # sets, and 1e-11 apart broke ties between equal scores (1 + 1/3 vs 1/3 + 1) at the
+    # top_n boundary differently from run to run (182 of 1.8M pairs at 100k users).
+    scored = ex.groupBy("item_id", "neighbor_id").agg(F.round(F.sum("w"), 9).alias("score"))
     w = Window.partitionBy("item_id").orderBy(F.col("score").desc(), F.col("neighbor_id"))
     return (
         scored.withColumn("rank", F.row_number().over(w))
@@ -431,6 +434,16 @@ def _cache(df: DataFrame) -> DataFrame:
     from pyspark import StorageLevel
 
     return df.persist(StorageLevel.DISK_ONLY)
+
+
+def by_user(df: DataFrame, partitions: int) -> DataFrame:
+    """df hash-partitioned by user_id and sorted inside each partition in the order of
+    a user's steps (user_id, ts, item_id, event_type). Cached so, every split's
+    per-user windows (sequences, cut_last_steps) run on it without an exchange or a
+    sort of their own: one shuffle of the events for the night, not one per split.
+    partitions must be the session's spark.sql.shuffle.partitions (size_shuffles sets
+    it): with any other count Spark exchanges again to match it."""
+    return df.repartition(partitions, "user_id").sortWithinPartitions("user_id", "ts", "item_id", "event_type")
 
 
 def _write(df: DataFrame, path: str, files: int | None = None) -> None:
@@ -555,7 +568,8 @@ def _splits(
         by_days = rank_labels_by_days(cfg, base, cutoff)
         if by_days:
             label_start = cutoff - dt.timedelta(days=cfg.rank.label_days)
-            splits["rank"] = (_cache(base.where(F.col("ts") < _ts_lit(label_start))), label_start)
+            # A filter of the cached events: cheap, and it keeps their partitioning.
+            splits["rank"] = (base.where(F.col("ts") < _ts_lit(label_start)), label_start)
             tables["rank_labels"] = holdout(base, label_start, cutoff)
         else:
             before, after = cut_last_steps(base, cfg.rank.label_steps)
@@ -592,6 +606,26 @@ def rank_labels_by_days(cfg: Config, base: DataFrame, cutoff: dt.date) -> bool:
     return by_days
 
 
+def write_split(cfg: Config, rd: RunDir, name: str, ev: DataFrame, cutoff: dt.date, catalog: DataFrame) -> int:
+    """One split's features (sequences, item_stats, covisitation, exclusions) from its
+    events before cutoff; logs each output's seconds; returns the split's user count."""
+    spark, out = ev.sparkSession, lambda table: str(rd.path("features", name, table))
+    secs: dict[str, float] = {}
+    t = time.time()
+    _write(sequences(ev, cutoff, cfg.model.max_history), out("sequences"))
+    seqs = spark.read.parquet(out("sequences"))
+    secs["sequences"], t = round(time.time() - t, 1), time.time()
+    _write(item_stats(ev, catalog, cutoff, cfg.retrieve.trending_days), out("item_stats"))
+    secs["item_stats"], t = round(time.time() - t, 1), time.time()
+    _write(covisitation(seqs, cfg.retrieve.covis_window, cfg.retrieve.covis_neighbors), out("covisitation"))
+    secs["covisitation"], t = round(time.time() - t, 1), time.time()
+    _write(exclusions(ev, cfg.events.exclude_policy, cutoff), out("exclusions"))
+    secs["exclusions"] = round(time.time() - t, 1)
+    users = seqs.count()
+    log.info("aggregate: %s split (before %s, %d users), seconds %s", name, cutoff, users, secs)
+    return users
+
+
 def run_aggregate(cfg: Config, rd: RunDir) -> dict[str, object]:
     """validated/ -> features/ (sequences, item_stats, covisitation, exclusions per split;
     holdout and rank_labels)."""
@@ -603,10 +637,13 @@ def run_aggregate(cfg: Config, rd: RunDir) -> dict[str, object]:
     catalog = spark.read.parquet(str(rd.require("validated", "catalog")))
     clean = spark.read.parquet(str(rd.require("validated", "events")))
     n_shuffle = size_shuffles(spark, cfg.spark, [str(rd.require("validated", "events"))])
-    inter = _cache(interactions(clean, cfg.events.weights, cfg.events.min_rating_positive))
+    inter = _cache(by_user(interactions(clean, cfg.events.weights, cfg.events.min_rating_positive), n_shuffle))
+    # Materialised before any split plans on it: a cache not yet computed does not
+    # report its partitioning, and every window would shuffle the events again.
+    n_events = inter.count()
     _write(catalog, str(rd.path("features", "catalog")), files=1)
     counts: dict[str, object] = {"protocol": cfg.evaluate.protocol if cfg.evaluate.enabled else "none",
-                                 "shuffle_partitions": n_shuffle}  # fmt: skip
+                                 "shuffle_partitions": n_shuffle, "events": n_events}  # fmt: skip
     splits, tables, labels = _splits(cfg, inter, run_date)
     counts["rank_labels_by"] = labels
     for name, table in tables.items():
@@ -617,16 +654,7 @@ def run_aggregate(cfg: Config, rd: RunDir) -> dict[str, object]:
             counts["split_date"] = cutoff.isoformat()
         if name == "rank":
             counts["rank_cutoff"] = cutoff.isoformat()
-        seqs = sequences(ev, cutoff, cfg.model.max_history)
-        _write(seqs, str(rd.path("features", name, "sequences")))
-        seqs = spark.read.parquet(str(rd.path("features", name, "sequences")))
-        _write(
-            item_stats(ev, catalog, cutoff, cfg.retrieve.trending_days), str(rd.path("features", name, "item_stats"))
-        )
-        _write(covisitation(seqs, cfg.retrieve.covis_window, cfg.retrieve.covis_neighbors),
-               str(rd.path("features", name, "covisitation")))  # fmt: skip
-        _write(exclusions(ev, cfg.events.exclude_policy, cutoff), str(rd.path("features", name, "exclusions")))
-        counts[f"{name}_users"] = seqs.count()
+        counts[f"{name}_users"] = write_split(cfg, rd, name, ev, cutoff, catalog)
         # The date the split's history ends before (its trending / new-arrival windows).
         jsonio.write(rd.path("features", name, "split.json"), {"cutoff": cutoff.isoformat(), "rank_labels_by": labels})
         if ev is not inter:

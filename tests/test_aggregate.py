@@ -97,6 +97,25 @@ def test_sequences_collapse_repeats_and_keep_strongest(spark):
     assert sequences(inter, D, max_len=2).collect()[0].items == ["b", "a"]
 
 
+def test_splits_share_one_shuffle_of_the_events(spark):
+    """run_aggregate caches the events by_user: each split's sequences then run their
+    windows on it with no exchange of their own (one shuffle a night, not one per
+    split), and give the same rows as on the unpartitioned events."""
+    from recsys.aggregate import _cache, by_user
+
+    ev = clean_events(spark, [(f"u{i % 7}", "abc"[i % 3], "view", f"2026-11-{1 + i % 20:02d}T10:00:00", None)
+                              for i in range(60)])  # fmt: skip
+    inter = interactions(ev, WEIGHTS, min_rating_positive=3.0)
+    cached = _cache(by_user(inter, int(spark.conf.get("spark.sql.shuffle.partitions"))))
+    cached.count()  # as run_aggregate does: an uncomputed cache reports no partitioning
+    for cutoff in (D, D - dt.timedelta(days=10)):
+        seqs = sequences(cached, cutoff, max_len=10)
+        above_cache = seqs._jdf.queryExecution().executedPlan().toString().split("InMemoryRelation")[0]
+        assert "Exchange" not in above_cache and "Sort [user_id" not in above_cache.split("Window")[-1]
+        assert sorted(map(tuple, seqs.collect())) == sorted(map(tuple, sequences(inter, cutoff, 10).collect()))
+    cached.unpersist()
+
+
 def test_covisitation_directed_with_distance_decay(spark):
     # u3: shorter than the window (no pairs, no error); u4: an item after itself is not
     # its own neighbour (a -> a at distance 2 dropped), the others count.
