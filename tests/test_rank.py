@@ -268,3 +268,18 @@ def test_batched_pair_features_equal_the_whole_batch():
     assert not np.isnan(whole[pairs["user_id"].to_numpy() == "u0"][:, names.index("sim_last")]).any()
     empty, names0 = batched_pair_features(space, pairs.iloc[:0], recent=3)
     assert empty.shape == (0, len(names)) and names0 == names
+
+
+def test_per_user_dots_equal_each_pair_computed_alone():
+    """Pairs in any order, users with different numbers of pairs (one with none)."""
+    from recsys.rank import per_user_dots
+
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(30, 8)).astype(np.float32)  # [N, d]
+    Q = rng.normal(size=(4, 3, 8)).astype(np.float32)  # [Uq, K, d]
+    u_pos = np.array([2, 0, 2, 2, 3, 0, 2])  # user 1 has no pair
+    rows = rng.integers(0, 30, size=len(u_pos))
+    got = per_user_dots(vecs, rows, u_pos, Q)
+    want = np.array([[vecs[r] @ Q[u, k] for k in range(3)] for r, u in zip(rows, u_pos, strict=True)])
+    assert got.shape == (7, 3) and np.allclose(got, want, atol=1e-5)
+    assert per_user_dots(vecs, rows[:0], u_pos[:0], Q).shape == (0, 3)
