@@ -105,3 +105,13 @@ def test_mmr_batch_rows_are_independent_of_the_batch():
         assert len(set(picked)) == len(picked) == min(12, allowed)
         assert np.bincount(cats[b, picked], minlength=4).max() <= 3
     assert (both[lens == 0] == -1).all()  # an empty row picks nothing
+
+
+def test_pool_without_drops_used_rows_wherever_they_are():
+    from recsys.rerank import Pool
+
+    ids = np.array(["a", "b", "c", "d", "e"], dtype=object)
+    pool = Pool(ids, np.array([5, 3, 9, 3, 120]), np.arange(5.0), ids, ids)
+    assert pool.without({3, 100}).rows.tolist() == [5, 9, 120]  # 100 is past every row, 3 twice
+    assert pool.without({0, 200}).rows.tolist() == [5, 3, 9, 3, 120]
+    assert pool.without({120, 5, 9, 3}).item.tolist() == [] and pool.without(set()) is pool
