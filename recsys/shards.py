@@ -175,12 +175,41 @@ class PartReader:
 
     def __init__(self, path: Path, columns: list[str] | None = None) -> None:
         self.table = pq.read_table(path, columns=columns)
+        self._where: dict[str, int] | None = None  # user -> index into the arrays below
+        self._first = self._last = self._count = np.zeros(0, dtype=np.int64)  # [users] rows
 
     def rows(self, users: list[str]) -> pd.DataFrame:
+        """The rows of users, in file order. The stages read a part in the batches of
+        users it was written in (one row group each, or sorted by user), so a batch's
+        rows are one contiguous range of the file, found from each user's first and
+        last row and row count (indexed on the first call) and sliced without a copy.
+        A filter per batch scanned the whole part every time: over a 48k-user part of
+        16.8M rows in 24 batches, 5.0 s against 1.8 s (index included) in by_source's
+        layout, 5.1 s against 2.5 s sorted by user. Any other layout is filtered."""
+        if self._where is None:
+            self._build_index()
+        assert self._where is not None
+        at = np.unique(np.fromiter((self._where[u] for u in users if u in self._where), dtype=np.int64))
+        if not len(at):
+            return self.table.slice(0, 0).to_pandas()
+        lo, hi, n = self._first[at].min(), self._last[at].max() + 1, int(self._count[at].sum())
+        if hi - lo == n:  # the users' n rows fill rows lo..hi: nobody else's row is in between
+            return self.table.slice(int(lo), n).to_pandas()
         t = self.table
         return t.filter(
             pc.is_in(t.column("user_id"), value_set=pa.array(users, type=t.schema.field("user_id").type))
         ).to_pandas()
+
+    def _build_index(self) -> None:
+        enc = pc.dictionary_encode(self.table.column("user_id")).combine_chunks()
+        codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)  # [rows]
+        n_u, pos = len(enc.dictionary), np.arange(len(codes))
+        self._count = np.bincount(codes, minlength=n_u)
+        self._first = np.full(n_u, len(codes), dtype=np.int64)
+        self._last = np.full(n_u, -1, dtype=np.int64)
+        np.minimum.at(self._first, codes, pos)
+        np.maximum.at(self._last, codes, pos)
+        self._where = {u: i for i, u in enumerate(enc.dictionary.to_pylist())}
 
 
 def batches(users: list[str], size: int) -> Iterator[list[str]]:

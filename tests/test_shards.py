@@ -132,3 +132,25 @@ def test_dag_parts_one_task_per_shard_and_a_smaller_rerun(tiny_run, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"shards \[1\]"):
         run_stage_part("retrieve", "shard", cfg2, RUN_DATE, shard=0)
         run_stage_part("retrieve", "finish", cfg2, RUN_DATE)
+
+
+def test_part_reader_rows_as_a_filter_would_return_them(tmp_path):
+    """Sorted parts are sliced, anything else filtered: the same rows in file order."""
+    import pyarrow.compute as pc
+
+    from recsys.shards import PartReader
+
+    def check(users_col, batches):
+        path = tmp_path / f"p{len(list(tmp_path.iterdir()))}.parquet"
+        t = pa.table({"user_id": users_col, "x": list(range(len(users_col)))})
+        pq.write_table(t, path, row_group_size=3)  # several chunks
+        reader = PartReader(path)
+        for batch in batches:
+            want = t.filter(pc.is_in(t.column("user_id"), value_set=pa.array(batch, pa.string()))).to_pandas()
+            assert reader.rows(batch).equals(want), batch
+
+    grouped = ["a", "a", "b", "c", "c", "c", "d", "e", "e"]
+    check(grouped, [["a", "b"], ["c", "d", "e"], ["b", "d"], ["zz"], [], ["a", "a"], ["e", "a"]])
+    # one row group per written batch, users interleaved inside it (by_source: source by source)
+    check(["b", "a", "b", "a", "d", "c", "d", "c"], [["a", "b"], ["c", "d"], ["a", "c"], ["a"]])
+    check(["b", "a", "b", "c", "a"], [["a", "b"], ["c"], ["a", "c"]])  # nothing contiguous: the filter
