@@ -4,6 +4,8 @@ picks the epoch, on a run directory `bench/quality.py movielens` left behind.
     python bench/quality.py movielens --work /tmp/q          # once: the features
     python bench/two_tower_epochs.py --work /tmp/q --epochs 16 [--set train.temperature=0.1]
     python bench/two_tower_epochs.py --work /tmp/q --epochs 16 --seeds 1,2,3   # a seed ensemble
+    python bench/next_item.py contract --data DIR --work /tmp/n   # once: the outside view's run
+    python bench/two_tower_epochs.py --next-item /tmp/n/contract --epochs 30   # scored on its targets
 
 Trains exactly as the train stage does (same setup, same epochs, the ranker's split) but
 for a fixed number of epochs, and after each prints the loss, the validation Recall@20
@@ -40,24 +42,37 @@ from recsys.rundir import RunDir  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, required=True, help="bench/quality.py's --work")
+    ap.add_argument("--work", type=Path, help="bench/quality.py's --work")
     ap.add_argument("--epochs", type=int, default=16)
     ap.add_argument("--date", default="2018-09-25", help="the run's logical date")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--seeds", default="", help="comma-separated seeds: an ensemble, one model per seed")
+    ap.add_argument("--next-item", type=Path, default=None,
+                    help="a bench/next_item.py work folder (WORK/DATASET): its run, scored on its removed items")  # fmt: skip
     a = ap.parse_args()
-    work = a.work / "movielens"
-    # The overrides bench/quality.py runs ml-latest-small with.
-    over = {"evaluate": {"protocol": "leave_last", "leave_last_n": 1},
-            "events": {"lookback_days": 9000, "exclude_policy": "interacted", "bot_max_events_per_day": 1_000_000},
-            "paths": {"data_root": str(work / "data"), "work_root": str(work / "work")}}  # fmt: skip
+    if a.next_item is not None:
+        # The overrides bench/next_item.py runs with; the user state is the full split.
+        over = {"evaluate": {"holdout_days": 0},
+                "events": {"exclude_policy": "interacted", "lookback_days": 100_000,
+                           "bot_max_events_per_day": 1_000_000},
+                "paths": {"data_root": str(a.next_item / "input"), "work_root": str(a.next_item / "work")}}  # fmt: skip
+        date = dt.date.fromisoformat((a.next_item / "date.txt").read_text().strip())
+        state, ho = "full", pq.read_table(a.next_item / "targets.parquet").to_pandas()
+    else:
+        work = a.work / "movielens"
+        # The overrides bench/quality.py runs ml-latest-small with.
+        over = {"evaluate": {"protocol": "leave_last", "leave_last_n": 1},
+                "events": {"lookback_days": 9000, "exclude_policy": "interacted", "bot_max_events_per_day": 1_000_000},
+                "paths": {"data_root": str(work / "data"), "work_root": str(work / "work")}}  # fmt: skip
+        date, state, ho = dt.date.fromisoformat(a.date), "train", None
     cfg = load_config(overrides=_deep_merge(over, parse_set_overrides(a.set)), environ={})
-    rd = RunDir(cfg, dt.date.fromisoformat(a.date))
+    rd = RunDir(cfg, date)
+    if ho is None:
+        ho = pq.read_table(rd.require("features", "holdout"), columns=["user_id", "item_id"]).to_pandas()
     if a.seeds:
-        return ensemble(cfg, rd, [int(x) for x in a.seeds.split(",")], a.epochs)
+        return ensemble(cfg, rd, [int(x) for x in a.seeds.split(",")], a.epochs, state, ho)
     tr, _, catalog, _ = T._setup(cfg, rd)
-    seqs = load_sequences(rd.require("features", "train", "sequences"), catalog.index(), T.type_names(cfg))
-    ho = pq.read_table(rd.require("features", "holdout"), columns=["user_id", "item_id"]).to_pandas()
+    seqs = load_sequences(rd.require("features", state, "sequences"), catalog.index(), T.type_names(cfg))
     target = dict(zip(ho.user_id, catalog.index().get_indexer(ho.item_id), strict=True))
     rows = np.array([i for i, u in enumerate(seqs.user_ids) if u in target and target[u] >= 0])
 
@@ -109,10 +124,9 @@ def main() -> None:
               flush=True)  # fmt: skip
 
 
-def test_targets(cfg, rd, catalog):  # type: ignore[no-untyped-def]
-    """Each test user's sequence row (evaluation split) and held-out item row."""
-    seqs = load_sequences(rd.require("features", "train", "sequences"), catalog.index(), T.type_names(cfg))
-    ho = pq.read_table(rd.require("features", "holdout"), columns=["user_id", "item_id"]).to_pandas()
+def test_targets(cfg, rd, catalog, state, ho):  # type: ignore[no-untyped-def]
+    """Each test user's sequence row (the state's split) and held-out item row."""
+    seqs = load_sequences(rd.require("features", state, "sequences"), catalog.index(), T.type_names(cfg))
     target = dict(zip(ho.user_id, catalog.index().get_indexer(ho.item_id), strict=True))
     rows = np.array([i for i, u in enumerate(seqs.user_ids) if u in target and target[u] >= 0])
     return seqs, rows, np.array([target[seqs.user_ids[r]] for r in rows])
@@ -135,13 +149,13 @@ def ndcg10(scores: torch.Tensor, targets: np.ndarray) -> float:
     return float(np.mean(np.where(rank < 10, 1 / np.log2(rank + 2), 0.0)))
 
 
-def ensemble(cfg, rd: RunDir, seeds: list[int], epochs: int) -> None:  # type: ignore[no-untyped-def]
+def ensemble(cfg, rd: RunDir, seeds: list[int], epochs: int, state, ho) -> None:  # type: ignore[no-untyped-def]
     trainers = []
     for s in seeds:
         c = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": s})})
         trainers.append(T._setup(c, rd)[0])
     catalog = load_catalog_of(rd)
-    seqs, rows, targets = test_targets(cfg, rd, catalog)
+    seqs, rows, targets = test_targets(cfg, rd, catalog, state, ho)
     print(f"{len(rows)} test users; seeds {seeds}")
     print("| epoch | " + " | ".join(f"seed {s}" for s in seeds) + " | ensemble (mean score) | seconds |")
     print("|---:|" + "---:|" * (len(seeds) + 2))

@@ -318,6 +318,17 @@ class RankConfig(_Section):
     # Fewer label users with a positive among their candidates than this: no ranker,
     # the RRF blend is the ranked list (logged with the reason).
     min_train_users: int = Field(default=50, ge=2)
+    # The ranker is deployed only when its validation NDCG@10 is above the best unlearned
+    # order's by at least this many standard errors of the per-user difference (paired,
+    # every validation label user); else that order is the ranked list. A bare "above"
+    # let noise decide on small data, and the rounds are chosen on the same users, so a
+    # small lead is partly selection. Measured from outside (bench/next_item.py, `--from
+    # rank`, the same models; test NDCG@10 of ranked.parquet, ranker vs blend):
+    # ml-latest-small z 0.20 (val 0.1627 vs 0.1600), test 0.0569 vs 0.0695; its 1,700
+    # most-rated movies (a dense, MovieLens-100K-sized set) z 1.25 (0.1611 vs 0.1461),
+    # test 0.0885 vs 0.0831; the synthetic shop z >> 3. One standard error keeps the
+    # better list in all three; 1.64 (one-sided 95%) lost the second.
+    deploy_min_z: float = Field(default=1.0, ge=0.0)
     # Label users sampled for training (each brings ~200 candidate rows and ~40 features).
     max_train_users: int = Field(default=50_000, ge=10)
     # Users kept aside to early-stop the ranker and to compare it with the blend.

@@ -414,13 +414,29 @@ class Ranker:
     features: list[str]
 
 
-def _ndcg10(pairs: pd.DataFrame, score: np.ndarray, targets: dict[str, set[str]]) -> float:
-    """Mean NDCG@10 of candidate lists ordered by score, over the users in targets."""
+def _ndcg10_per_user(pairs: pd.DataFrame, score: np.ndarray, targets: dict[str, set[str]]) -> np.ndarray:
+    """[len(targets)] NDCG@10 of each target user's candidate list ordered by score, in
+    the order of targets (a user without candidates scores 0)."""
     df = pd.DataFrame({"user_id": pairs["user_id"].to_numpy(), "item_id": pairs["item_id"].to_numpy(), "s": score})
     df = df.sort_values(["user_id", "s"], ascending=[True, False], kind="stable")
     lists = {u: g["item_id"].tolist() for u, g in df.groupby("user_id", sort=False)}
-    vals = [ndcg_at_k(lists.get(u, []), t, 10) for u, t in targets.items()]
-    return float(np.mean(vals)) if vals else float("nan")
+    return np.array([ndcg_at_k(lists.get(u, []), t, 10) for u, t in targets.items()], dtype=np.float64)
+
+
+def _ndcg10(pairs: pd.DataFrame, score: np.ndarray, targets: dict[str, set[str]]) -> float:
+    """Mean NDCG@10 of candidate lists ordered by score, over the users in targets."""
+    vals = _ndcg10_per_user(pairs, score, targets)
+    return float(np.mean(vals)) if len(vals) else float("nan")
+
+
+def paired_gain(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """How far per-user scores a [U] are above b [U] on the same users: the mean
+    difference, its standard error and their ratio z (0 when the differences do not
+    vary: no evidence either way)."""
+    d = a - b
+    mean = float(d.mean()) if len(d) else 0.0
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+    return {"gain": round(mean, 5), "se": round(se, 5), "z": round(mean / se, 3) if se > 0 else 0.0}
 
 
 def _blend_score(pairs: pd.DataFrame, cfg: Config) -> np.ndarray:
@@ -591,32 +607,36 @@ def fit_ranker(cfg: Config, rd: RunDir) -> tuple[Ranker | None, dict[str, Any]]:
         curves.append(curve)
     rounds = common_rounds(curves)
     orders = unlearned_orders(cfg)
-    ndcg = dict.fromkeys(["ranker", *orders], 0.0)
+    per_user: dict[str, list[np.ndarray]] = {k: [] for k in ["ranker", *orders]}  # per fold, [fold users]
     for val_users, is_val, booster in fits:
         val_targets = {u: targets[u] for u in targets if u in val_users}
         vpairs = pairs.loc[is_val]
-        # Summed over users here, a mean over every validation user below.
-        ndcg["ranker"] += _ndcg10(vpairs, booster.predict(X[is_val], num_iteration=rounds), val_targets) * len(
-            val_targets
-        )
+        per_user["ranker"].append(_ndcg10_per_user(vpairs, booster.predict(X[is_val], num_iteration=rounds),
+                                                   val_targets))  # fmt: skip
         for name, order in orders.items():
-            ndcg[name] += _ndcg10(vpairs, order(vpairs), val_targets) * len(val_targets)
+            per_user[name].append(_ndcg10_per_user(vpairs, order(vpairs), val_targets))
+    scores = {k: np.concatenate(v) for k, v in per_user.items()}  # [every validation label user]
     n_val = sum(len(f) for f in folds)
-    ndcg = {k: v / n_val for k, v in ndcg.items()}
+    ndcg = {k: float(v.mean()) for k, v in scores.items()}
     best = max(orders, key=lambda k: ndcg[k])  # the blend on ties (it comes first)
+    gain = paired_gain(scores["ranker"], scores[best])
     iterations = [int(b.best_iteration) for *_, b in fits]
     info.update({
         "train_users": int(len(users) - len(folds[0])), "val_users": n_val, "cv_folds": len(folds),
         "pairs": len(pairs), "booster": tree, "best_iteration": rounds, "fold_best_iterations": iterations,
-        "val_ndcg@10": {k: round(v, 4) for k, v in ndcg.items()},
+        "val_ndcg@10": {k: round(v, 4) for k, v in ndcg.items()}, "val_gain": {"over": best, **gain},
     })  # fmt: skip
     booster = fits[0][2]
-    log.info("rank: val NDCG@10 ranker %.4f vs the best unlearned order %s %.4f (%s; %d val users in %d fold(s), "
-             "%d rounds; each fold's best %s)", ndcg["ranker"], best, ndcg[best],
+    log.info("rank: val NDCG@10 ranker %.4f vs the best unlearned order %s %.4f, gain %+.4f (SE %.4f, z %.2f; %s; "
+             "%d val users in %d fold(s), %d rounds; each fold's best %s)", ndcg["ranker"], best, ndcg[best],
+             gain["gain"], gain["se"], gain["z"],
              ", ".join(f"{k} {v:.4f}" for k, v in ndcg.items() if k not in ("ranker", best)), n_val, len(folds),
              rounds, iterations)  # fmt: skip
-    if not ndcg["ranker"] >= ndcg[best]:
-        info["fallback"] = f"ranker below {best} on validation users ({ndcg['ranker']:.4f} < {ndcg[best]:.4f})"
+    if not (ndcg["ranker"] >= ndcg[best] and gain["z"] >= rc.deploy_min_z):
+        info["fallback"] = (
+            f"ranker not clearly above {best} on validation users: {ndcg['ranker']:.4f} vs {ndcg[best]:.4f}, "
+            f"gain {gain['gain']:+.4f} (SE {gain['se']:.4f}, z {gain['z']:.2f} < rank.deploy_min_z={rc.deploy_min_z})"
+        )
         info["fallback_order"] = best
         return None, info
     if refits(cfg, len(users), len(folds)):

@@ -304,3 +304,24 @@ def test_rank_candidates_the_same_in_any_batch_size():
     whole = rank_candidates(cfg, ranker, ctx, c, batch_users=100)
     assert sorted(whole["user_id"].unique()) == ["u0", "u1", "u2", "u3", "u4"] and len(whole) == 15
     pd.testing.assert_frame_equal(rank_candidates(cfg, ranker, ctx, c, batch_users=2), whole)
+
+
+def test_paired_gain_by_hand():
+    from recsys.rank import paired_gain
+
+    # d = [1, 0, 0, 0.5]: mean 0.375, sample sd sqrt(0.6875 / 3) = 0.478714, SE 0.239357
+    g = paired_gain(np.array([1.0, 0.0, 0.5, 0.5]), np.array([0.0, 0.0, 0.5, 0.0]))
+    assert g == {"gain": 0.375, "se": 0.23936, "z": 1.567}
+    assert paired_gain(np.zeros(3), np.zeros(3)) == {"gain": 0.0, "se": 0.0, "z": 0.0}  # no evidence: no deploy
+
+
+@pytest.mark.slow
+def test_the_ranker_needs_a_clear_validation_lead_to_deploy(tiny_run, tiny_rd):
+    from recsys.rank import fit_ranker
+
+    cfg, _ = tiny_run
+    strict = cfg.model_copy(update={"rank": cfg.rank.model_copy(update={"deploy_min_z": 1e6})})
+    ranker, info = fit_ranker(strict, tiny_rd)
+    assert info["users_with_positive_candidate"] >= cfg.rank.min_train_users  # it got as far as validation
+    assert ranker is None and "rank.deploy_min_z=1000000.0" in info["fallback"]
+    assert info["val_gain"]["over"] == info["fallback_order"] and info["val_gain"]["z"] < 1e6
