@@ -12,7 +12,8 @@ from outside"): every user's last event is removed from the input, the night run
 - the final ranked list (candidates/ranked.parquet, rank order),
 - the homepage in reading order (slates/slate_items.parquet, row order).
 Metrics are over all users with a removed item (a missing list is a miss), with 95%
-bootstrap intervals. Prints one markdown table.
+bootstrap intervals, and every list's NDCG@10 minus co-visitation's paired over the same
+users (its interval is far narrower than two intervals side by side). Prints one markdown table.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -34,11 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recsys.config import load_config  # noqa: E402
-from recsys.evaluation.metrics import per_user_metrics, summarise  # noqa: E402
+from recsys.evaluation.metrics import bootstrap_cis, per_user_metrics, summarise  # noqa: E402
 from recsys.pipeline import run_pipeline  # noqa: E402
 from recsys.rundir import RunDir  # noqa: E402
 
 KS = (10, 20, 50)
+PAIRED_WITH = "covisitation"  # every list's NDCG@10 is also given as a paired difference from this source
 
 
 def leave_last_out(src: Path, out: Path) -> tuple[pd.DataFrame, dt.date]:
@@ -99,12 +102,18 @@ def score_run(rd: RunDir, targets: dict[str, set[str]], seed: int = 0) -> pd.Dat
     methods["ranked.parquet"] = lists_from(ranked, "rank")
     methods["homepage (slate_items)"] = lists_from(slates, None)
     rows = []
-    for name, lists in methods.items():
-        per_user = per_user_metrics(lists, targets, KS)
+    per = {name: per_user_metrics(lists, targets, KS) for name, lists in methods.items()}
+    ref = per.get(f"source: {PAIRED_WITH}")
+    for name, per_user in per.items():
         s = summarise(per_user, seed=seed)
         row = {"method": name}
         for m in ("ndcg@10", "recall@10", "mrr@10", "recall@50"):
             row[m] = f"{s[m]:.4f} [{s[m + '_lo']:.3f}, {s[m + '_hi']:.3f}]"
+        if ref is not None:
+            # Paired over the same users: far narrower than the two intervals side by side.
+            d = np.asarray(per_user["ndcg@10"]) - np.asarray(ref["ndcg@10"])  # [users]
+            lo, hi = bootstrap_cis(d[:, None], seed=seed)
+            row[f"ndcg@10 - {PAIRED_WITH}"] = f"{d.mean():+.4f} [{lo[0]:+.3f}, {hi[0]:+.3f}]"
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -86,18 +86,48 @@ class UserTower(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.scale = math.sqrt(dim)
 
+    def _inputs(self, item_vecs: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+        B, L, _ = item_vecs.shape
+        pos = torch.arange(L, device=item_vecs.device).unsqueeze(0).expand(B, L)
+        x = self.in_proj(item_vecs) * self.scale + self.pos(pos) + self.type_emb(types) + self.gap_emb(gaps)
+        return self.drop(x)
+
     def forward(
         self, item_vecs: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor, valid: torch.Tensor
     ) -> torch.Tensor:
         """item_vecs [B, L, d], types/gaps [B, L] long, valid [B, L] bool (left-aligned)
         -> [B, L, d] unit vectors; position t sees steps <= t only."""
-        B, L, _ = item_vecs.shape
-        pos = torch.arange(L, device=item_vecs.device).unsqueeze(0).expand(B, L)
-        x = self.in_proj(item_vecs) * self.scale + self.pos(pos) + self.type_emb(types) + self.gap_emb(gaps)
-        x = self.drop(x)
+        x = self._inputs(item_vecs, types, gaps)
+        L = x.shape[1]
         causal = torch.triu(torch.ones(L, L, dtype=torch.bool, device=x.device), diagonal=1)
         h = self.blocks(x, mask=causal, src_key_padding_mask=~valid)
         h = self.out(self.norm(h))
+        return F.normalize(h, dim=-1)
+
+    def last(
+        self, item_vecs: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """forward()'s state at each row's last valid step, [B, d] (same inputs), computing
+        only what that state needs: every block but the last over every position, then
+        the last block's attention query, residuals and feed-forward at that one position.
+        The last step sees every valid step, so its attention needs only the padding
+        mask. Serving reads nothing but this state (embed, validation)."""
+        x = self._inputs(item_vecs, types, gaps)
+        B, L, _ = x.shape
+        pad = ~valid
+        *body, top = self.blocks.layers
+        if body:
+            causal = torch.triu(torch.ones(L, L, dtype=torch.bool, device=x.device), diagonal=1)
+            for layer in body:
+                x = layer(x, src_mask=causal, src_key_padding_mask=pad)
+        last = valid.sum(1).clamp(min=1) - 1  # [B]
+        kv = top.norm1(x)  # [B, L, d]
+        xq = x[torch.arange(B, device=x.device), last].unsqueeze(1)  # [B, 1, d]
+        a = top.self_attn(kv[torch.arange(B, device=x.device), last].unsqueeze(1), kv, kv, key_padding_mask=pad,
+                          need_weights=False)[0]  # fmt: skip
+        xq = xq + top.dropout1(a)
+        xq = xq + top._ff_block(top.norm2(xq))
+        h = self.out(self.norm(xq.squeeze(1)))
         return F.normalize(h, dim=-1)
 
 

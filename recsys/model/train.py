@@ -112,9 +112,7 @@ class Bundle:
                 bar.update(len(r))
             items, types, ts, valid = (t.to(self.device) for t in pad_batch(seqs, r, max_len, drop_last))
             with _autocast(self.device):
-                states = self.model.user(table[items], types, gap_buckets(ts, valid), valid)
-            last = valid.sum(1).clamp(min=1) - 1
-            out.append(states[torch.arange(len(r), device=self.device), last].float())
+                out.append(self.model.user.last(table[items], types, gap_buckets(ts, valid), valid).float())
         if bar is not None:
             bar.close()
         self.model.train(was)

@@ -21,6 +21,23 @@ def test_user_tower_is_causal():
     assert torch.allclose(a.norm(dim=-1), torch.ones(1, 5), atol=1e-5)
 
 
+def test_last_state_equals_the_full_forward_at_each_rows_last_step():
+    torch.manual_seed(0)
+    lens = torch.tensor([8, 1, 5, 3, 7])  # padded rows of every kind, one full
+    valid = torch.arange(8)[None, :] < lens[:, None]  # [5, 8] left-aligned
+    for layers in (1, 2, 3):
+        tower = UserTower(dim=16, max_len=8, n_types=3, layers=layers, heads=2, dropout=0.1).eval()
+        x, types, gaps = torch.randn(5, 8, 16), torch.randint(1, 4, (5, 8)), torch.randint(1, 20, (5, 8))
+        with torch.no_grad():
+            full = tower(x, types, gaps, valid)[torch.arange(5), lens - 1]  # [5, 16]
+            last = tower.last(x, types, gaps, valid)
+        torch.testing.assert_close(last, full, atol=1e-5, rtol=1e-5)
+        x[0, 3] += 1.0  # an earlier step of row 0 still moves its last state
+        with torch.no_grad():
+            moved = tower.last(x, types, gaps, valid)
+        assert not torch.allclose(moved[0], last[0]) and torch.allclose(moved[1:], last[1:])
+
+
 def test_gap_buckets():
     ts = torch.tensor([[0, 60, 60 + 3600, 0]])
     valid = torch.tensor([[True, True, True, False]])
