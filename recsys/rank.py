@@ -412,6 +412,14 @@ def grade_levels(cfg: Config, grades: np.ndarray) -> np.ndarray:
 class Ranker:
     model: Any  # lightgbm.Booster
     features: list[str]
+    # Serve the reciprocal-rank fusion of the booster's order and the RRF blend's
+    # (fused_with_blend) instead of the booster's order alone: chosen in validation.
+    fuse_blend: bool = False
+
+    def score(self, pairs: pd.DataFrame, X: np.ndarray, cfg: Config) -> np.ndarray:
+        """[P] the deployed order's score of each wide pair (features X [P, F])."""
+        pred = self.model.predict(X, num_iteration=self.model.best_iteration or None)
+        return fused_with_blend(pairs, pred, cfg) if self.fuse_blend else pred
 
 
 def _ndcg10_per_user(pairs: pd.DataFrame, score: np.ndarray, targets: dict[str, set[str]]) -> np.ndarray:
@@ -447,6 +455,25 @@ def _blend_score(pairs: pd.DataFrame, cfg: Config) -> np.ndarray:
             r = pairs[f"{src}_rank"].to_numpy(np.float64)
             s += np.where(np.isnan(r), 0.0, w / (cfg.rerank.rrf_k + np.nan_to_num(r)))
     return s
+
+
+# The learned orders validation compares with the unlearned ones: the booster's own,
+# and its reciprocal-rank fusion with the RRF blend (an average of a low-variance and a
+# low-bias order; see rank.deploy_min_z in recsys/config.py for what it measured).
+LEARNED_ORDERS = ("ranker", "fused")
+
+
+def user_ranks(users: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """[P] each pair's rank (1 = best) among its user's pairs by score; ties in row order."""
+    return (
+        pd.DataFrame({"u": users, "s": score}).groupby("u", sort=False)["s"].rank(ascending=False, method="first")
+    ).to_numpy()
+
+
+def fused_with_blend(pairs: pd.DataFrame, ranker_score: np.ndarray, cfg: Config) -> np.ndarray:
+    """[P] reciprocal-rank fusion of the ranker's order and the RRF blend's, per user."""
+    u, k = pairs["user_id"].to_numpy(), cfg.rerank.rrf_k
+    return 1.0 / (k + user_ranks(u, ranker_score)) + 1.0 / (k + user_ranks(u, _blend_score(pairs, cfg)))
 
 
 def unlearned_orders(cfg: Config) -> dict[str, Any]:
@@ -607,34 +634,37 @@ def fit_ranker(cfg: Config, rd: RunDir) -> tuple[Ranker | None, dict[str, Any]]:
         curves.append(curve)
     rounds = common_rounds(curves)
     orders = unlearned_orders(cfg)
-    per_user: dict[str, list[np.ndarray]] = {k: [] for k in ["ranker", *orders]}  # per fold, [fold users]
+    per_user: dict[str, list[np.ndarray]] = {k: [] for k in [*LEARNED_ORDERS, *orders]}  # per fold, [fold users]
     for val_users, is_val, booster in fits:
         val_targets = {u: targets[u] for u in targets if u in val_users}
         vpairs = pairs.loc[is_val]
-        per_user["ranker"].append(_ndcg10_per_user(vpairs, booster.predict(X[is_val], num_iteration=rounds),
-                                                   val_targets))  # fmt: skip
+        pred = booster.predict(X[is_val], num_iteration=rounds)
+        per_user["ranker"].append(_ndcg10_per_user(vpairs, pred, val_targets))
+        per_user["fused"].append(_ndcg10_per_user(vpairs, fused_with_blend(vpairs, pred, cfg), val_targets))
         for name, order in orders.items():
             per_user[name].append(_ndcg10_per_user(vpairs, order(vpairs), val_targets))
     scores = {k: np.concatenate(v) for k, v in per_user.items()}  # [every validation label user]
     n_val = sum(len(f) for f in folds)
     ndcg = {k: float(v.mean()) for k, v in scores.items()}
     best = max(orders, key=lambda k: ndcg[k])  # the blend on ties (it comes first)
-    gain = paired_gain(scores["ranker"], scores[best])
+    learned = max(LEARNED_ORDERS, key=lambda k: ndcg[k])  # the ranker alone on ties
+    gain = paired_gain(scores[learned], scores[best])
     iterations = [int(b.best_iteration) for *_, b in fits]
     info.update({
         "train_users": int(len(users) - len(folds[0])), "val_users": n_val, "cv_folds": len(folds),
         "pairs": len(pairs), "booster": tree, "best_iteration": rounds, "fold_best_iterations": iterations,
-        "val_ndcg@10": {k: round(v, 4) for k, v in ndcg.items()}, "val_gain": {"over": best, **gain},
+        "val_ndcg@10": {k: round(v, 4) for k, v in ndcg.items()}, "order": learned,
+        "val_gain": {"of": learned, "over": best, **gain},
     })  # fmt: skip
     booster = fits[0][2]
-    log.info("rank: val NDCG@10 ranker %.4f vs the best unlearned order %s %.4f, gain %+.4f (SE %.4f, z %.2f; %s; "
-             "%d val users in %d fold(s), %d rounds; each fold's best %s)", ndcg["ranker"], best, ndcg[best],
+    log.info("rank: val NDCG@10 %s %.4f vs the best unlearned order %s %.4f, gain %+.4f (SE %.4f, z %.2f; %s; "
+             "%d val users in %d fold(s), %d rounds; each fold's best %s)", learned, ndcg[learned], best, ndcg[best],
              gain["gain"], gain["se"], gain["z"],
-             ", ".join(f"{k} {v:.4f}" for k, v in ndcg.items() if k not in ("ranker", best)), n_val, len(folds),
+             ", ".join(f"{k} {v:.4f}" for k, v in ndcg.items() if k not in (learned, best)), n_val, len(folds),
              rounds, iterations)  # fmt: skip
-    if not (ndcg["ranker"] >= ndcg[best] and gain["z"] >= rc.deploy_min_z):
+    if not (ndcg[learned] >= ndcg[best] and gain["z"] >= rc.deploy_min_z):
         info["fallback"] = (
-            f"ranker not clearly above {best} on validation users: {ndcg['ranker']:.4f} vs {ndcg[best]:.4f}, "
+            f"{learned} not clearly above {best} on validation users: {ndcg[learned]:.4f} vs {ndcg[best]:.4f}, "
             f"gain {gain['gain']:+.4f} (SE {gain['se']:.4f}, z {gain['z']:.2f} < rank.deploy_min_z={rc.deploy_min_z})"
         )
         info["fallback_order"] = best
@@ -652,7 +682,7 @@ def fit_ranker(cfg: Config, rd: RunDir) -> tuple[Ranker | None, dict[str, Any]]:
     gain = booster.feature_importance("gain")
     info["feature_importance_gain"] = [[n, round(float(g), 2)] for n, g in sorted(zip(names, gain, strict=True),
                                                                                  key=lambda x: -x[1])]  # fmt: skip
-    return Ranker(booster, names), info
+    return Ranker(booster, names, fuse_blend=learned == "fused"), info
 
 
 def ranker_input(cands: pd.DataFrame) -> pd.DataFrame:
@@ -681,7 +711,7 @@ def rank_candidates(cfg: Config, ranker: Ranker | None, ctx: Context, cands: pd.
         X, names = pair_features(space, pairs, cfg.rank.recent_items)
         if names != ranker.features:
             raise ValueError(f"feature mismatch between the saved ranker and this code: {ranker.features} vs {names}")
-        pairs["score"] = ranker.model.predict(X, num_iteration=ranker.model.best_iteration or None)
+        pairs["score"] = ranker.score(pairs, X, cfg)
         out.append(top_k_per_user(pairs, k)[RANKED_COLUMNS])
         bar.update(int(pairs["user_id"].nunique()))
     bar.close()
@@ -727,7 +757,8 @@ def load_ranker(rd: RunDir) -> Ranker | None:
     meta = jsonio.read(rd.require("ranker", "meta.json"))
     if meta.get("fallback"):
         return None
-    return Ranker(lgb.Booster(model_file=str(rd.require("ranker", "model.txt"))), meta["features"])
+    return Ranker(lgb.Booster(model_file=str(rd.require("ranker", "model.txt"))), meta["features"],
+                  fuse_blend=meta.get("order") == "fused")  # fmt: skip
 
 
 def fallback_order(rd: RunDir) -> str:
@@ -756,7 +787,8 @@ def prepare_rank(cfg: Config, rd: RunDir) -> dict[str, Any]:
     summary = {k: v for k, v in info.items() if k not in ("feature_importance_gain", "features")}
     summary["top_features"] = [n for n, _ in info.get("feature_importance_gain", [])[:5]]
     fallback = info.get("fallback_order", "blend")
-    summary["ranker"] = "lightgbm-lambdarank" if ranker else ("rrf-blend" if fallback == "blend" else fallback)
+    learned = "lightgbm-lambdarank" + ("+rrf-blend" if ranker is not None and ranker.fuse_blend else "")
+    summary["ranker"] = learned if ranker else ("rrf-blend" if fallback == "blend" else fallback)
     return summary
 
 

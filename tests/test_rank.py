@@ -183,7 +183,7 @@ def test_rank_stage_outputs(tiny_run, tiny_rd):
         if order != "blend":
             assert set(ranked["source"]) == {order}
     else:
-        assert info["ranker"] == "lightgbm-lambdarank" and tiny_rd.path("ranker", "model.txt").is_file()
+        assert info["ranker"].startswith("lightgbm-lambdarank") and tiny_rd.path("ranker", "model.txt").is_file()
         assert {n for n, _ in meta["feature_importance_gain"]} == set(meta["features"])
 
 
@@ -325,3 +325,25 @@ def test_the_ranker_needs_a_clear_validation_lead_to_deploy(tiny_run, tiny_rd):
     assert info["users_with_positive_candidate"] >= cfg.rank.min_train_users  # it got as far as validation
     assert ranker is None and "rank.deploy_min_z=1000000.0" in info["fallback"]
     assert info["val_gain"]["over"] == info["fallback_order"] and info["val_gain"]["z"] < 1e6
+
+
+def test_fusion_of_the_ranker_with_the_blend_by_hand():
+    from recsys.rank import Ranker, fused_with_blend, user_ranks
+
+    c = cands([("u0", "i2", 5.0, "covisitation", 1, "i1"), ("u0", "i1", 0.9, "two_tower", 1, ""),
+               ("u0", "i3", 0.5, "two_tower", 2, ""), ("u1", "i0", 2.0, "covisitation", 1, "i3")])  # fmt: skip
+    pairs = wide_candidates(c)  # rows u0-i1, u0-i2, u0-i3, u1-i0; blend 1/21, 1/21, 1/22, 1/21 (rrf_k 20)
+    booster = np.array([0.1, 0.3, 0.2, 5.0])
+    np.testing.assert_array_equal(user_ranks(pairs["user_id"].to_numpy(), booster), [3, 1, 2, 1])
+    fused = fused_with_blend(pairs, booster, Config())  # blend ranks 1, 2 (a tie: row order), 3, 1
+    np.testing.assert_allclose(fused, [1 / 23 + 1 / 21, 1 / 21 + 1 / 22, 1 / 22 + 1 / 23, 2 / 21])
+
+    import lightgbm as lgb
+
+    X = np.array([[0.0], [2.0], [1.0], [3.0]])  # a real booster that learns to order by the feature
+    model = lgb.train({"objective": "lambdarank", "min_data_in_leaf": 1, "min_data_in_bin": 1, "verbosity": -1},
+                      lgb.Dataset(X, [0, 2, 1, 1], group=[3, 1]), num_boost_round=5)  # fmt: skip
+    pred = model.predict(X)
+    assert pred[1] > pred[2] > pred[0]  # u0: i2, i3, i1, as `booster` above
+    np.testing.assert_array_equal(Ranker(model, ["f"]).score(pairs, X, Config()), pred)
+    np.testing.assert_allclose(Ranker(model, ["f"], fuse_blend=True).score(pairs, X, Config()), fused)
