@@ -59,6 +59,8 @@ def main() -> None:
         date = dt.date.fromisoformat((a.next_item / "date.txt").read_text().strip())
         state, ho = "full", pq.read_table(a.next_item / "targets.parquet").to_pandas()
     else:
+        if a.work is None:
+            ap.error("--work (bench/quality.py's) or --next-item (bench/next_item.py's) is required")
         work = a.work / "movielens"
         # The overrides bench/quality.py runs ml-latest-small with.
         over = {"evaluate": {"protocol": "leave_last", "leave_last_n": 1},
