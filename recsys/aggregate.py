@@ -117,8 +117,8 @@ def validate_events(
     unknown_event_type, future_timestamp (ts >= run date 00:00 UTC), outside_window (ts
     before window_start: an old event inside a recent partition), bad_value (not a
     finite number), unknown_item, duplicate (exact repeat of user/item/type/ts/session;
-    the first is kept), bot_like_user (every event of a user with more than
-    bot_max_events_per_day events on one day).
+    the first is kept), bot_like_user (every otherwise clean event of a user with more
+    than bot_max_events_per_day clean events on one UTC day).
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -145,8 +145,15 @@ def validate_events(
         .when(F.col("value").isNotNull() & (F.col("value_p").isNull() | ~_finite(F.col("value_p"))), F.lit("bad_value"))
         .when(F.col("_cat_item").isNull(), F.lit("unknown_item"))
     )
-    df = df.withColumn("reason", reason)
-    key = ["_user", "_item", "event_type_n", "ts_p", "session_id"]
+    df = df.withColumn("reason", reason).withColumn("_day", F.to_date("ts_p"))
+    # The two cross-row rules share one exchange (by user) and one sort: the duplicate
+    # key leads with the user and the day, so the per-day count and the per-user maximum
+    # read prefixes of the same order. A grouped count joined back made Spark compute
+    # the parse, the catalog join and the duplicate window twice (at 100k users the
+    # stage took 95-108 s, now 77-83 s: docs/benchmarks.md, "Validate: one exchange
+    # and one sort").
+    df = df.repartition("_user")
+    key = ["_user", "_day", "_item", "event_type_n", "ts_p", "session_id"]
     dup_w = Window.partitionBy(*key).orderBy("source_file", "dt")
     df = df.withColumn(
         "reason",
@@ -155,18 +162,10 @@ def validate_events(
         ),
     )
     ok = F.col("reason").isNull()
-    per_day = (
-        df.where(ok)
-        .groupBy("_user", F.to_date("ts_p").alias("d"))
-        .count()
-        .where(F.col("count") > bot_max_events_per_day)
-        .select(F.col("_user").alias("_bot"))
-        .distinct()
-    )
-    df = df.join(F.broadcast(per_day), df._user == per_day._bot, "left")
-    df = df.withColumn(
-        "reason", F.when(ok & F.col("_bot").isNotNull(), F.lit("bot_like_user")).otherwise(F.col("reason"))
-    )
+    df = df.withColumn("_day_n", F.sum(ok.cast("int")).over(Window.partitionBy("_user", "_day")))
+    bot = F.max("_day_n").over(Window.partitionBy("_user")) > bot_max_events_per_day
+    df = df.withColumn("reason", F.when(ok & bot, F.lit("bot_like_user")).otherwise(F.col("reason")))
+    df = df.drop("_day", "_day_n")
     return df if annotated else split_annotated(df)
 
 

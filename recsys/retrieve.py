@@ -130,6 +130,7 @@ class Context:
     user_vecs: dict[str, np.ndarray] = field(default_factory=dict)  # user_id -> [d]
     item_item: Any = None  # [N, N] scipy CSR: the night's sparse EASE B (retrieve/item_item.npz)
     _index: VectorIndex | None = None
+    _subset_indexes: dict[str, VectorIndex] = field(default_factory=dict)
     _servable: np.ndarray | None = None
 
     @property
@@ -168,6 +169,14 @@ class Context:
             self._index = build_index(self.scoring_items(rows), self.cfg.retrieve)
             self._index_rows = rows
         return self._index, self._index_rows
+
+    def subset_index(self, name: str, rows: np.ndarray) -> VectorIndex:
+        """An index over catalog rows [M] that source `name` searches, built once per
+        context: sources are made again for every user batch, and an IVF index trains
+        (seconds) where a flat one only copies."""
+        if name not in self._subset_indexes:
+            self._subset_indexes[name] = build_index(self.scoring_items(rows), self.cfg.retrieve)
+        return self._subset_indexes[name]
 
     def user_top_categories(self, user_id: str, n: int = 2) -> list[str]:
         h = self.history(user_id)
@@ -648,8 +657,7 @@ class _TextKnownSource:
         have = [u for u in users if u in ctx.user_vecs]
         if not len(self.rows) or ctx.item_vecs is None or not have:
             return _empty_frame()
-        index = build_index(ctx.scoring_items(self.rows), ctx.cfg.retrieve)
-        return search_index(ctx, index, self.rows, have, k, self.name)
+        return search_index(ctx, ctx.subset_index(self.name, self.rows), self.rows, have, k, self.name)
 
 
 def _new_items(ctx: Context) -> np.ndarray:

@@ -55,6 +55,39 @@ def test_validate_events_reasons(spark):
     assert clean.count() + q.count() == len(rows)  # nothing lost
 
 
+def test_bot_rule_counts_clean_events_per_day_in_one_exchange_and_sort(spark):
+    cat = spark.createDataFrame([("i1",), ("i2",)], "item_id string")
+
+    def ev(user, day, sec, item="i1"):
+        return (user, item, "view", f"2026-11-{day}T10:00:{sec:02d}Z", "s", None, None, f"2026-11-{day}", "f1")
+
+    rows = (
+        # d1: 3 distinct events + one exact repeat on the 19th: 3 clean that day, not a bot
+        [ev("d1", 19, s) for s in range(3)]
+        + [ev("d1", 19, 0)]
+        # s1: 3 a day on two days (6 in the window, at most 3 on one day): not a bot
+        + [ev("s1", d, s) for d in (18, 19) for s in range(3)]
+        # b1: 4 on the 20th (its one event on the 18th is quarantined with it) -> bot
+        + [ev("b1", 20, s) for s in range(4)]
+        + [ev("b1", 18, 0, "i2")]
+        # u1: 3 clean + one unknown item on the same day: the unknown one does not count
+        + [ev("u1", 19, s) for s in range(3)]
+        + [ev("u1", 19, 9, "i9")]
+    )
+    ann = validate_events(raw_events(spark, rows), cat, D, TYPES, bot_max_events_per_day=3, annotated=True)
+    # Both cross-row rules read one exchange of the events (the other one is the
+    # catalog's distinct ids) and one sort: nothing is computed twice. (Read before the
+    # run: the adaptive plan of a finished query prints its initial plan too.)
+    plan = ann._jdf.queryExecution().executedPlan().toString()
+    assert plan.count("Exchange hashpartitioning(_user") == 1 and plan.count("Sort [") == 1
+    got = sorted((r._user, r.reason or "clean") for r in ann.collect())
+    want = sorted(
+        [("d1", "clean")] * 3 + [("d1", "duplicate")] + [("s1", "clean")] * 6 + [("b1", "bot_like_user")] * 5
+        + [("u1", "clean")] * 3 + [("u1", "unknown_item")]
+    )  # fmt: skip
+    assert got == want
+
+
 def test_validate_catalog(spark):
     cols = ["item_id", "title", "category", "brand", "description", "price", "available", "created_at",
             "_corrupt", "dt", "source_file"]  # fmt: skip

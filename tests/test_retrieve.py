@@ -53,6 +53,17 @@ def test_faiss_and_torch_backends_agree():
     assert (ivf.search(q, 10)[1] == exact).all()  # nprobe = nlist: exhaustive
 
 
+def test_auto_index_is_ivf_from_the_threshold_and_exact_below():
+    rng = np.random.default_rng(1)
+    items = rng.normal(size=(2000, 16)).astype(np.float32)
+    q = rng.normal(size=(20, 16)).astype(np.float32)
+    cfg = RetrieveConfig(ivf_min_items=2000, ivf_nlist=32)  # the default 64 probes > 32 lists: exhaustive
+    ivf = FaissIndex(items, cfg)
+    assert ivf.backend == "faiss-cpu-ivf32" and ivf.index.nprobe == 32
+    assert (ivf.search(q, 10)[1] == np.argsort(-(q @ items.T), axis=1)[:, :10]).all()
+    assert FaissIndex(items[:1999], cfg).backend == "faiss-cpu-flat"
+
+
 def test_blend_by_hand():
     c = pd.DataFrame({
         "user_id": ["u"] * 4, "item_id": ["a", "b", "a", "c"], "score": [9, 8, 7, 6],
@@ -78,6 +89,10 @@ def test_text_known_sources_split_the_items_without_history():
     assert tail["item_id"].tolist() == ["i0", "i1"] and tail["source_rank"].tolist() == [1, 2]
     assert tail["score"].tolist() == pytest.approx([1.0, 0.0])
     assert NewArrivalsSource(ctx).generate(["u0"], k=5)["item_id"].tolist() == ["i2"]
+    # The next user batch makes the sources again; each searches the index built first.
+    built = ctx._subset_indexes["long_tail"]
+    assert LongTailSource(ctx).generate(["u0"], k=5)["item_id"].tolist() == ["i0", "i1"]
+    assert ctx._subset_indexes["long_tail"] is built and set(ctx._subset_indexes) == {"long_tail", "new_arrivals"}
     ctx2 = tiny_context()
     ctx2.cfg = Config(model=ModelConfig(id_embedding_min_count=2))  # i0's 2 events now earn an id embedding
     assert LongTailSource(ctx2).generate(["u0"], k=5)["item_id"].tolist() == ["i1"]
