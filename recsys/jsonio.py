@@ -30,7 +30,7 @@ def strict(obj: Any) -> Any:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {str(k): strict(v) for k, v in obj.items()}
+        return {_key(k): strict(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple | set | frozenset):
         return [strict(v) for v in obj]
     if isinstance(obj, dt.date | dt.datetime):
@@ -40,10 +40,30 @@ def strict(obj: Any) -> Any:
     return str(obj)
 
 
+def _key(k: Any) -> str:
+    """A dict key as json.dumps writes the keys it accepts (so both paths of dumps give
+    one text), anything else as its str."""
+    if isinstance(k, str):
+        return k
+    if k is None or isinstance(k, int) or (isinstance(k, float) and math.isfinite(k)):
+        return json.dumps(k)
+    return str(k)
+
+
 def dumps(obj: Any, *, indent: int | None = None, sort_keys: bool = False, compact: bool = False) -> str:
-    """Strict JSON text (RFC 8259): never NaN or Infinity tokens."""
-    seps = (",", ":") if compact else None
-    return json.dumps(strict(obj), indent=indent, sort_keys=sort_keys, allow_nan=False, separators=seps)
+    """Strict JSON text (RFC 8259): never NaN or Infinity tokens.
+
+    Plain JSON values (the pages: dicts, lists, str, finite floats, ints) are written as
+    they are; json refuses anything else with allow_nan=False (ValueError: a non-finite
+    float) or without a default (TypeError: numpy, dates, sets), and only then is the
+    object walked by `strict`. The walk for every page was a quarter of the rerank
+    stage (docs/benchmarks.md, "Re-ranking a batch of users at once")."""
+    kw: dict[str, Any] = {"indent": indent, "sort_keys": sort_keys, "allow_nan": False,
+                          "separators": (",", ":") if compact else None}  # fmt: skip
+    try:
+        return json.dumps(obj, **kw)
+    except (ValueError, TypeError):
+        return json.dumps(strict(obj), **kw)
 
 
 def write(path: str | Path, obj: Any, *, indent: int | None = 2, sort_keys: bool = True) -> None:

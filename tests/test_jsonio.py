@@ -19,6 +19,20 @@ def test_non_finite_numbers_become_null_everywhere():
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict token {c}"))
 
 
+def test_plain_objects_and_walked_objects_give_one_text():
+    page = [{"key": "top_picks", "title": "For you", "items": [{"item_id": "i1", "score": 0.5, "reason": "r"}]}]
+    assert jsonio.dumps(page, compact=True) == json.dumps(jsonio.strict(page), separators=(",", ":"))
+    assert jsonio.dumps(page, compact=True) == (
+        '[{"key":"top_picks","title":"For you","items":[{"item_id":"i1","score":0.5,"reason":"r"}]}]'
+    )
+    # Keys json accepts are written its way whether or not a value needs the walk.
+    keys = {True: 1, None: 2, 1.5: 3, 2: 4, "s": 5}
+    plain, walked = jsonio.dumps(keys), jsonio.dumps({**keys, "nan": float("nan")})
+    assert json.loads(plain) == {"true": 1, "null": 2, "1.5": 3, "2": 4, "s": 5}
+    assert json.loads(walked) == {**json.loads(plain), "nan": None}
+    assert json.loads(jsonio.dumps({np.int64(7): [np.float64(0.25)], (1, 2): {3}})) == {"7": [0.25], "(1, 2)": [3]}
+
+
 def test_write_is_atomic_and_strict(tmp_path):
     p = tmp_path / "m.json"
     jsonio.write(p, {"loss": float("nan")})
