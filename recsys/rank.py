@@ -223,21 +223,26 @@ def vector_features(space: FeatureSpace, b: PairBatch) -> Columns:
 
 def per_user_dots(vecs: np.ndarray, rows: np.ndarray, u_pos: np.ndarray, Q: np.ndarray) -> np.ndarray:
     """[P, K] float64: vecs[rows[p]] . Q[u_pos[p], k] for pairs p of users u_pos, Q [Uq,
-    K, d]. The pairs are laid out as one padded [Uq, C, d] block (C = the most pairs of
-    one user) and multiplied by Q per user in one batched matmul. K gathers of a [P, d]
-    block, one per recent step, took 1.7x as long (bench/rank_scoring.py on the
-    synthetic shop: vector_features 1.04 -> 0.60 s, the stage 688 -> 781 users/s)."""
+    K, d]. The pairs' vectors are gathered once in user order ([P, d]) and each user's
+    slice is multiplied by its Q[u].T ([d, K]) into one output block. Measured over 2,000
+    users x 150-260 pairs, d 128, K 6 (best of 3): 0.155 s, against 0.252 s for a padded
+    [Uq, C, d] block in one batched matmul (the zero fill and the scatter into it cost
+    more than the products), which itself beat K gathers of a [P, d] block per recent
+    step by 1.7x (bench/rank_scoring.py: vector_features 1.04 -> 0.60 s)."""
     n_u = Q.shape[0]
     if not len(rows):
         return np.zeros((0, Q.shape[1]))
-    counts = np.bincount(u_pos, minlength=n_u)
-    starts = np.r_[0, np.cumsum(counts)[:-1]]
-    order = np.argsort(u_pos, kind="stable")
-    slot = np.empty(len(rows), dtype=np.int64)
-    slot[order] = np.arange(len(rows)) - starts[u_pos[order]]
-    pad = np.zeros((n_u, int(counts.max()), vecs.shape[1]), dtype=np.float32)  # [Uq, C, d]
-    pad[u_pos, slot] = vecs[rows]
-    return np.matmul(pad, Q.astype(np.float32).transpose(0, 2, 1))[u_pos, slot].astype(np.float64)
+    order = np.argsort(u_pos, kind="stable")  # [P] pairs in user order
+    counts = np.bincount(u_pos, minlength=n_u)  # [Uq]
+    ends = np.cumsum(counts)
+    V = vecs[rows[order]]  # [P, d]
+    Qt = Q.astype(np.float32).transpose(0, 2, 1)  # [Uq, d, K]
+    res = np.empty((len(rows), Q.shape[1]), dtype=np.float32)  # [P, K] in user order
+    for u in np.flatnonzero(counts):
+        np.matmul(V[ends[u] - counts[u] : ends[u]], Qt[u], out=res[ends[u] - counts[u] : ends[u]])
+    out = np.empty(res.shape, dtype=np.float64)
+    out[order] = res
+    return out
 
 
 def covis_features(space: FeatureSpace, b: PairBatch) -> Columns:
