@@ -91,6 +91,17 @@ def generate(args: argparse.Namespace, end: dt.date) -> float:
     return time.time() - t0
 
 
+def warm_text_cache(date: dt.date, args: argparse.Namespace, env: dict[str, str]) -> dict:
+    """Night 1 as night 2 inherits it, in minutes instead of hours: only the text cache."""
+    cmd = [sys.executable, "bench/warm_text_cache.py", "--date", date.isoformat(), "--data-root",
+           str(args.out / "data"), "--work-root", str(args.out / "work")] + [x for s in args.set for x in ("--set", s)]  # fmt: skip
+    with open(args.out / f"{date}_text_cache.log", "w") as log:
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, env=env, cwd=ROOT, check=True, text=True)
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"night 1 text cache only: {info}", flush=True)
+    return info
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", type=int, default=100_000)
@@ -103,6 +114,9 @@ def main() -> None:
     ap.add_argument("--holdout-days", type=int, default=1)
     ap.add_argument("--database-url", help="default: SQLite in the work root")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--night1", choices=["full", "cache"], default="full",
+                    help="cache: night 1 only fills the text cache from its catalog (bench/warm_text_cache.py), "
+                    "so night 2 is measured without a whole first night")  # fmt: skip
     ap.add_argument("--skip-generate", action="store_true")
     ap.add_argument("--resume", action="store_true", help="keep the stages <out>/scale.json already holds")
     ap.add_argument(
@@ -130,6 +144,11 @@ def main() -> None:
         if len(result["nights"]) < n:
             result["nights"].append({"date": date.isoformat(), "stages": []})
         night = result["nights"][n - 1]
+        if n == 1 and args.night1 == "cache" and args.nights == 2:
+            if "text_cache" not in night:
+                night["text_cache"] = warm_text_cache(date, args, env)
+            saved.write_text(json.dumps(result, indent=1, default=str))
+            continue
         for stage in STAGES[len(night["stages"]) :]:
             r = run_stage(stage, date, args, env)
             night["stages"].append(r)
@@ -157,6 +176,10 @@ def markdown(result: dict) -> str:
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     tot = []
     for night in result["nights"]:
+        if "text_cache" in night:
+            tc = night["text_cache"]
+            tot += [f"text cache only ({tc['texts']:,} texts, {tc['seconds']:.0f} s)", "", "-"]
+            continue
         whole = len(night["stages"]) == len(STAGES)
         label = f"**{night['total_s']:.0f}**" if whole else f"{night['total_s']:.0f} ({len(night['stages'])} stages)"
         tot += [label, "", f"**{night['peak_rss_gib']:.2f}**"]

@@ -38,7 +38,7 @@ from recsys.contract import (
 )
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame
+    from pyspark.sql import Column, DataFrame, SparkSession
 
     from recsys.config import Config
     from recsys.rundir import RunDir
@@ -455,6 +455,18 @@ def _write(df: DataFrame, path: str, files: int | None = None) -> None:
     (df if files is None else df.coalesce(files)).write.mode("overwrite").parquet(path)
 
 
+def catalog_for(spark: SparkSession, cfg: Config, run_date: dt.date) -> tuple[Partition, DataFrame, DataFrame]:
+    """The catalog partition a night reads and its (clean, quarantine) rows."""
+    ev = cfg.events
+    root = cfg.paths.data_root.rstrip("/")
+    part = select_catalog_partition(list_partitions(spark, f"{root}/catalog"), run_date, ev.catalog_max_age_days)
+    clean, quarantine = validate_catalog(
+        read_raw(spark, [part], CATALOG_COLUMNS), run_date, ev.id_pattern, ev.id_max_length,
+        ev.title_max_chars, ev.description_max_chars,
+    )  # fmt: skip
+    return part, clean, quarantine
+
+
 def run_validate(cfg: Config, rd: RunDir) -> dict[str, object]:
     """Read the input contract for run_date, write validated/ and quarantine/."""
 
@@ -466,14 +478,10 @@ def run_validate(cfg: Config, rd: RunDir) -> dict[str, object]:
     root = cfg.paths.data_root.rstrip("/")
     ev = cfg.events
     ev_parts = select_event_partitions(list_partitions(spark, f"{root}/events"), run_date, ev.lookback_days)
-    cat_part = select_catalog_partition(list_partitions(spark, f"{root}/catalog"), run_date, ev.catalog_max_age_days)
+    cat_part, cat_clean, cat_q = catalog_for(spark, cfg, run_date)
     log.info(
         "validate: %d event partitions %s..%s, catalog dt=%s",
         len(ev_parts), ev_parts[0].date, ev_parts[-1].date, cat_part.date,
-    )  # fmt: skip
-    cat_clean, cat_q = validate_catalog(
-        read_raw(spark, [cat_part], CATALOG_COLUMNS), run_date, ev.id_pattern, ev.id_max_length,
-        ev.title_max_chars, ev.description_max_chars,
     )  # fmt: skip
     _write(cat_clean, str(rd.path("validated", "catalog")), files=1)
     _write(cat_q, str(rd.path("quarantine", "catalog")), files=1)
