@@ -1,5 +1,7 @@
 """Contract tests every candidate source must pass, on the real tiny end-to-end run."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -62,6 +64,53 @@ def test_auto_index_is_ivf_from_the_threshold_and_exact_below():
     assert ivf.backend == "faiss-cpu-ivf32" and ivf.index.nprobe == 32
     assert (ivf.search(q, 10)[1] == np.argsort(-(q @ items.T), axis=1)[:, :10]).all()
     assert FaissIndex(items[:1999], cfg).backend == "faiss-cpu-flat"
+
+
+def test_a_trained_index_is_kept_once_and_read_only_for_its_own_vectors(tmp_path, caplog):
+    from recsys.retrieve import save_index, saved_or_built_index
+
+    rng = np.random.default_rng(2)
+    items = rng.normal(size=(800, 16)).astype(np.float32)
+    q = rng.normal(size=(30, 16)).astype(np.float32)
+    path = tmp_path / "retrieve" / "index_full.faiss"
+    built = FaissIndex(items, RetrieveConfig(index="ivf", ivf_nlist=8, ivf_nprobe=2))  # approximate
+    assert save_index(built, items, path) and path.is_file()
+    # Another setting would build 16 lists: 8 means the saved, trained index was read.
+    other = RetrieveConfig(index="ivf", ivf_nlist=16, ivf_nprobe=2)
+    read = saved_or_built_index(items, other, path)
+    assert read.backend == "faiss-cpu-ivf8"
+    assert all((a == b).all() for a, b in zip(read.search(q, 10), built.search(q, 10), strict=True))
+    changed = items.copy()
+    changed[0, 0] += 1e-3  # one number of other vectors: not this index's
+    assert saved_or_built_index(changed, other, path).backend == "faiss-cpu-ivf16"
+    assert "built from other vectors" in caplog.text
+    # A flat index trains nothing: nothing is kept, and a stale file is removed.
+    assert not save_index(FaissIndex(items, RetrieveConfig(index="flat")), items, path) and not path.exists()
+
+
+def test_prepare_keeps_the_trained_index_for_the_shards_when_they_outnumber_the_workers(tiny_run, tiny_rd):
+    from recsys.retrieve import INDEX_FILE, prepare_index
+    from recsys.shards import PLAN_FILE
+
+    cfg, _ = tiny_run
+    plan = tiny_rd.path(PLAN_FILE)
+    saved_plan = plan.read_text()
+    ivf = cfg.model_copy(update={"retrieve": cfg.retrieve.model_copy(update={"index": "ivf", "ivf_nlist": 4}),
+                                 "scale": cfg.scale.model_copy(update={"workers": 1})})  # fmt: skip
+    path = tiny_rd.path(*INDEX_FILE)
+    try:
+        assert isinstance(prepare_index(ivf, tiny_rd)["index"], str) and not path.exists()  # 1 shard, 1 worker
+        plan.write_text(json.dumps({"shards": 3}))
+        info = prepare_index(ivf, tiny_rd)["index"]
+        assert info["saved"] and info["backend"] == "faiss-cpu-ivf4" and path.is_file()
+        shard = load_context(ivf, tiny_rd, "full", shard=(0, 3))
+        shard.index_file = path
+        other = ivf.model_copy(update={"retrieve": ivf.retrieve.model_copy(update={"ivf_nlist": 8})})
+        shard.cfg = other  # a shard that built its own would have 8 lists
+        assert shard.index()[0].backend == "faiss-cpu-ivf4"
+    finally:
+        plan.write_text(saved_plan)
+        path.unlink(missing_ok=True)
 
 
 def test_blend_by_hand():
