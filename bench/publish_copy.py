@@ -16,11 +16,10 @@ import datetime as dt
 import io
 import sys
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving import ADMIN, page
+from serving import page, scratch_database
 
 from recsys.publish import db
 
@@ -32,14 +31,7 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=2)
     args = ap.parse_args()
     rows = [(f"u{u:07d}", page("v1", u)) for u in range(args.users)]
-    name = f"recsys_copy_{uuid.uuid4().hex[:8]}"
-    admin = db.make_engine(ADMIN).execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.exec_driver_sql(f"CREATE DATABASE {name}")
-    engine = db.make_engine(ADMIN.rsplit("/", 1)[0] + "/" + name)
-    try:
-        with engine.begin() as c:
-            db.apply_migrations(c)
+    with scratch_database("recsys_copy") as (engine, _):
         # Reference: one raw COPY of the same rows (CSV built before the clock starts).
         buf = io.StringIO()
         csv.writer(buf).writerows(rows)
@@ -59,11 +51,6 @@ def main() -> None:
         with engine.connect() as c:
             size = c.exec_driver_sql(f"SELECT pg_total_relation_size('{run['slates_table']}')").scalar_one()
         par_s = parallel_load(engine, rows, args.parts, args.connections)
-    finally:
-        engine.dispose()
-        with admin.connect() as c:
-            c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.dispose()
     n = args.users
     print(f"| load | seconds | rows/s | vs raw COPY |\n|---|---|---|---|\n"
           f"| raw COPY, bare table (reference) | {raw_s:.1f} | {n / raw_s:,.0f} | 1.00 |\n"

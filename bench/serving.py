@@ -17,12 +17,14 @@ the publish's rows/s and the bytes stored per user.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
 import random
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,26 @@ import psycopg2
 from recsys.publish import db
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@contextlib.contextmanager
+def scratch_database(prefix: str) -> Iterator[tuple[Any, str]]:
+    """(engine, name) of a fresh database with the homepage migrations applied, dropped
+    after the block (the benchmarks never touch an existing database)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = db.make_engine(ADMIN).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.exec_driver_sql(f"CREATE DATABASE {name}")
+    engine = db.make_engine(ADMIN.rsplit("/", 1)[0] + "/" + name)
+    try:
+        with engine.begin() as c:
+            db.apply_migrations(c)
+        yield engine, name
+    finally:
+        engine.dispose()
+        with admin.connect() as c:
+            c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
 
 
 def page(version: str, user: int) -> str:
@@ -177,14 +199,7 @@ def main() -> None:
                     help="pin the publishing process and its COPY's backend to this core, and the clients "
                          "(and their backends, forked from the postmaster) to the others")  # fmt: skip
     args = ap.parse_args()
-    name = f"recsys_serving_{uuid.uuid4().hex[:8]}"
-    admin = db.make_engine(ADMIN).execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.exec_driver_sql(f"CREATE DATABASE {name}")
-    engine = db.make_engine(ADMIN.rsplit("/", 1)[0] + "/" + name)
-    try:
-        with engine.begin() as c:
-            db.apply_migrations(c)
+    with scratch_database("recsys_serving") as (engine, name):
         first = publish(engine, "v1", args.users, keep=1)
         publish(engine, "v2", args.users, keep=1)
         with engine.connect() as c:
@@ -220,11 +235,6 @@ def main() -> None:
         time.sleep(args.settle_s)
         secs["after"] = time.time() - t_ph
         clients.finish()
-    finally:
-        engine.dispose()
-        with admin.connect() as c:
-            c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.dispose()
     mode = f"open loop at {args.rate:,.0f} calls/s" if args.rate else "closed loop"
     print(f"\n{args.users} users, {args.clients} client processes, {mode}; publish {info['rows_per_s']:,.0f} rows/s "
           f"(load {info['load_s']:.1f} s, switch {info['switch_s'] * 1000:.1f} ms); retention {t_ret:.2f} s "

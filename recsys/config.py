@@ -229,6 +229,22 @@ class TrainConfig(_Section):
     early_stopping_patience: int = Field(default=3, ge=1)
     warm_start: bool = True
     seed: int = 42
+    # A seed ensemble where the models' split has at most ensemble_max_users users:
+    # ensemble_members models (seeds seed, seed + 1, ...), each with its own early
+    # stopping and an equal share of time_budget_s when that is set; embed serves the
+    # mean of their scores (one inner product of the concatenated vectors / sqrt(M)).
+    # Small data is where the seed moves the model most (ml-latest-small: ~0.01 NDCG@10
+    # from seed to seed, more than any setting, bench/two_tower_epochs.py --seeds).
+    # Measured with 3 against 1 on the same run directory (--from train; docs/benchmarks.md):
+    # the two-tower source's NDCG@10 rose on all four sets, ml-latest-small outside view
+    # 0.0487 -> 0.0583, leave-last 0.0532 -> 0.0563, its dense 1,700 movies 0.0510 ->
+    # 0.0605, synthetic shop 0.1868 -> 0.2003; the ranked list and the page moved by
+    # -0.008 to +0.004, inside their noise; training took 3.3x-4.3x as long (synthetic
+    # 51 -> 168 s). Above ensemble_max_users one model: each member adds a whole
+    # training (minutes at that size; the 1M night has 300 s for one), and the gain was
+    # not measured beyond 3,000 users.
+    ensemble_members: int = Field(default=3, ge=1, le=8)
+    ensemble_max_users: int = Field(default=20_000, ge=0)
     # bf16 autocast on CUDA (no effect on CPU, where it is slower than fp32).
     mixed_precision: bool = True
 

@@ -125,6 +125,13 @@ def dpp_select(
 
 
 # ---- sections -------------------------------------------------------------------------
+def page_score(x: float) -> float:
+    """A slot's score as the page stores it: 4 significant digits. The score orders
+    nothing on the site (slots are in reading order); in jsonb each is a numeric, and
+    6 decimals were 26% of a compressed page (bench/page_bytes.py in docs/benchmarks.md)."""
+    return float(f"{x:.4g}")
+
+
 def leaf(category: str) -> str:
     return category.split(">")[-1].strip() if category else ""
 
@@ -187,10 +194,10 @@ class SectionBuilder:
         # Whole columns to Python values at once (tolist), not one numpy scalar at a time.
         items, sources, anchors = (pool.item[picks].tolist(), pool.source[picks].tolist(),
                                    pool.anchor[picks].tolist())  # fmt: skip
-        scores = pool.score[picks].tolist()
+        scores = [page_score(x) for x in pool.score[picks].tolist()]
         out = []
         for j, p in enumerate(picks):
-            slot = {"item_id": str(items[j]), "score": round(scores[j], 6), "source": str(sources[j]),
+            slot = {"item_id": str(items[j]), "score": scores[j], "source": str(sources[j]),
                     "reason": reason(p)}  # fmt: skip
             if anchors[j]:
                 slot["anchor"] = str(anchors[j])
@@ -413,7 +420,12 @@ def build_fallbacks(cfg: Config, ctx: Context) -> dict[str, list[dict[str, Any]]
 
     def slots(rows: list[int], score: np.ndarray, source: str, reason: str) -> list[dict[str, Any]]:
         return [
-            {"item_id": str(ctx.catalog.ids[r]), "score": round(float(score[r]), 6), "source": source, "reason": reason}
+            {
+                "item_id": str(ctx.catalog.ids[r]),
+                "score": page_score(float(score[r])),
+                "source": source,
+                "reason": reason,
+            }
             for r in rows
         ]
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from recsys.rerank import dpp_select, leaf, mmr_select
+from recsys.rerank import dpp_select, leaf, mmr_select, page_score
 
 
 def _vecs():
@@ -37,6 +37,14 @@ def test_leaf():
     assert leaf("Kitchen>Knives") == "Knives"
     assert leaf("Drama") == "Drama"
     assert leaf("") == ""
+
+
+def test_page_score_keeps_four_significant_digits():
+    import json
+
+    got = [page_score(x) for x in (1.1451234, -0.000123456, 12345.678, 0.1 + 0.2, 0.0)]
+    assert got == [1.145, -0.0001235, 12350.0, 0.3, 0.0]
+    assert json.dumps(got) == "[1.145, -0.0001235, 12350.0, 0.3, 0.0]"  # the shortest text, no float noise
 
 
 def test_pools_drop_non_finite_scores():

@@ -433,9 +433,11 @@ def validation_rows(cfg: Config, lengths: np.ndarray, rng: np.random.Generator, 
     return np.sort(rng.choice(eligible, size=n_val, replace=False)) if n_val else np.zeros(0, dtype=np.int64)
 
 
-def _setup(cfg: Config, rd: RunDir, refit: bool = False) -> tuple[Trainer, dict[str, Any], Catalog, str]:
-    """Data, model (warm-started when possible), encoder cache, splits, optimiser.
-    refit: no validation users (the second model of small data, see train_model)."""
+def _setup(cfg: Config, rd: RunDir, refit: bool = False,
+           member: int = 0) -> tuple[Trainer, dict[str, Any], Catalog, str]:  # fmt: skip
+    """Data, model (warm-started when possible: member k from the previous night's member
+    k, or its model.pt), encoder cache, splits, optimiser.
+    refit: no validation users (the second model of small data, see train_member)."""
     torch.manual_seed(cfg.train.seed)
     rng = np.random.default_rng(cfg.train.seed)
     device = torch_device(cfg.train.device)
@@ -446,6 +448,8 @@ def _setup(cfg: Config, rd: RunDir, refit: bool = False) -> tuple[Trainer, dict[
     model = build_model(cfg, catalog, counts, device)
     warm_info: dict[str, Any] = {"from": None}
     prev = find_previous_model(cfg, rd) if cfg.train.warm_start else None
+    if prev is not None and (prev.parent / member_file(member)).is_file():
+        prev = prev.parent / member_file(member)
     if prev is not None:
         try:
             warm_info = warm_start(model, catalog.ids, prev)
@@ -496,23 +500,64 @@ def _setup(cfg: Config, rd: RunDir, refit: bool = False) -> tuple[Trainer, dict[
     return trainer, warm_info, catalog, split
 
 
+def ensemble_size(cfg: Config, rd: RunDir) -> int:
+    """How many models tonight trains (train.ensemble_members, where the split has at
+    most train.ensemble_max_users users; else one)."""
+    tc = cfg.train
+    if tc.ensemble_members == 1:
+        return 1
+    from recsys.shards import num_rows
+
+    users = num_rows(rd.require("features", cfg.model_split(), "sequences"))
+    return tc.ensemble_members if users <= tc.ensemble_max_users else 1
+
+
+def member_config(cfg: Config, member: int, members: int) -> Config:
+    """Member k of the ensemble: seed train.seed + k and an equal share of a fixed
+    time budget. Member 0 is the single model's configuration."""
+    tc = cfg.train
+    budget = None if tc.time_budget_s is None else tc.time_budget_s / members
+    return cfg.model_copy(update={"train": tc.model_copy(update={"seed": tc.seed + member, "time_budget_s": budget})})
+
+
+def member_file(member: int) -> str:
+    return "model.pt" if member == 0 else f"member_{member}.pt"
+
+
 def train_model(cfg: Config, rd: RunDir) -> dict[str, Any]:
-    """Fit the two-tower model on the models' split; keep the best validation epoch.
-    Small data (at most train.refit_max_users users): every user's last steps validate,
-    then a second model learns from every step for the chosen number of epochs."""
+    """Fit the two-tower model(s) on the models' split, each keeping its best validation
+    epoch. An ensemble's members differ by seed; embed serves the mean of their scores."""
     t_start = time.time()
-    tr, warm_info, catalog, split = _setup(cfg, rd)
+    members = ensemble_size(cfg, rd)
+    infos = [train_member(member_config(cfg, k, members), rd, k) for k in range(members)]
+    info = {**infos[0], "seconds": round(time.time() - t_start, 1), "members": members}
+    if members > 1:
+        keys = ("seed", "best_epoch", "best_val_recall@20", "steps", "stopped_by", "model_hash", "seconds")
+        info["member_runs"] = [{k: m[k] for k in keys} for m in infos]
+        info["model_hash"] = hashlib.sha256("".join(m["model_hash"] for m in infos).encode()).hexdigest()[:16]
+        log.info("train: %d members in %.1fs (best epochs %s)", members, info["seconds"],
+                 [m["best_epoch"] for m in infos])  # fmt: skip
+    return info
+
+
+def train_member(cfg: Config, rd: RunDir, member: int = 0) -> dict[str, Any]:
+    """Fit one model; keep the best validation epoch. Small data (at most
+    train.refit_max_users users): every user's last steps validate, then a second model
+    learns from every step for the chosen number of epochs."""
+    t_start = time.time()
+    tr, warm_info, catalog, split = _setup(cfg, rd, member=member)
     fit = _fit(cfg, tr)
     refit: dict[str, Any] = {}
     if tr.refit_after and fit["best_epoch"] > 0:
         t_refit = time.time()
-        tr = _refit(cfg, rd, fit["best_epoch"])
+        tr = _refit(cfg, rd, fit["best_epoch"], member)
         refit = {"refit_epochs": fit["best_epoch"], "refit_seconds": round(time.time() - t_refit, 1)}
         log.info("train: refit on every step for %d epochs in %.1fs", fit["best_epoch"], refit["refit_seconds"])
     model = tr.bundle.model
-    model_hash = _save(cfg, rd, tr, catalog, split)
+    model_hash = _save(cfg, rd, tr, catalog, split, member)
     elapsed = fit["loop_seconds"]
     info = {
+        "seed": cfg.train.seed,
         "device": str(tr.bundle.device),
         "split": split,
         "users": len(tr.seqs),
@@ -580,9 +625,9 @@ def _fit(cfg: Config, tr: Trainer) -> dict[str, Any]:
             "best_val_recall@20": best["val_recall@20"], "history": history}  # fmt: skip
 
 
-def _refit(cfg: Config, rd: RunDir, epochs: int) -> Trainer:
+def _refit(cfg: Config, rd: RunDir, epochs: int, member: int) -> Trainer:
     """A fresh model (same seed, same warm start) trained on every step for `epochs`."""
-    tr, *_ = _setup(cfg, rd, refit=True)
+    tr, *_ = _setup(cfg, rd, refit=True, member=member)
     for epoch in range(1, epochs + 1):
         tr.epoch(epoch, None)
     with tr.averaged():
@@ -591,12 +636,17 @@ def _refit(cfg: Config, rd: RunDir, epochs: int) -> Trainer:
     return tr
 
 
-def _save(cfg: Config, rd: RunDir, tr: Trainer, catalog: Catalog, split: str) -> str:
-    """model/model.pt + meta.json; returns the weights' content hash."""
+def _save(cfg: Config, rd: RunDir, tr: Trainer, catalog: Catalog, split: str, member: int) -> str:
+    """model/model.pt (member k > 0: member_k.pt) + meta.json (member 0 writes it, with
+    how many members there are); returns the weights' content hash."""
     out = rd.path("model")
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(tr.bundle.model.state_dict(), out / "model.pt")
-    model_hash = hashlib.sha256((out / "model.pt").read_bytes()).hexdigest()[:16]
+    torch.save(tr.bundle.model.state_dict(), out / member_file(member))
+    model_hash = hashlib.sha256((out / member_file(member)).read_bytes()).hexdigest()[:16]
+    if member > 0:
+        return model_hash
+    for stale in out.glob("member_*.pt"):  # a re-run of this date with fewer members
+        stale.unlink()
     enc = tr.bundle.model.item.encoder
     meta = {
         "item_ids": [str(x) for x in catalog.ids],
@@ -604,6 +654,7 @@ def _save(cfg: Config, rd: RunDir, tr: Trainer, catalog: Catalog, split: str) ->
         "encoder_path": enc.path,
         "encoder_layers_trained": enc.n_train,
         "dim": cfg.model.dim,
+        "members": ensemble_size(cfg, rd),
         "split": split,
         "model_hash": model_hash,
     }
@@ -611,12 +662,18 @@ def _save(cfg: Config, rd: RunDir, tr: Trainer, catalog: Catalog, split: str) ->
     return model_hash
 
 
-def load_bundle(cfg: Config, rd: RunDir, device: torch.device | None = None) -> Bundle:
+def load_bundles(cfg: Config, rd: RunDir, device: torch.device | None = None) -> list[Bundle]:
+    """Every member of this run's model (one unless an ensemble was trained)."""
+    meta = json.loads((rd.require("model") / "meta.json").read_text())
+    return [load_bundle(cfg, rd, device, member=k) for k in range(int(meta.get("members", 1)))]
+
+
+def load_bundle(cfg: Config, rd: RunDir, device: torch.device | None = None, member: int = 0) -> Bundle:
     """Rebuild the trained model of this run from model/ (for embed and evaluation)."""
     device = device or torch_device(cfg.train.device)
     model_dir = rd.require("model")
     meta = json.loads((model_dir / "meta.json").read_text())
-    state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
+    state = torch.load(model_dir / member_file(member), map_location="cpu", weights_only=True)
     encoder = TextEncoder(meta["encoder_path"], encoder_layers_to_train(cfg, device), cfg.model.max_text_len)
     model = make_two_tower(cfg, encoder, state["item.id_index"], meta["dim"], len(meta["type_names"]))
     model.load_state_dict(state)

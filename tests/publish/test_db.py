@@ -96,6 +96,32 @@ def test_publish_lookup_and_fallback(engine):
     assert p["kind"] == "segment" and p["segment"] == "all" and p["run_key"] == "2026-11-21/main/v1"
 
 
+@pytest.mark.postgres
+def test_partition_key_is_catalog_metadata_not_in_every_row(pg_url):
+    """The run_key column is added after the COPY, so its constant lives in
+    pg_attribute (atthasmissing) and the rows hold only user_id and sections; the SQL
+    function still answers the run's key."""
+    e = db.make_engine(pg_url)
+    try:
+        with e.begin() as c:
+            c.exec_driver_sql("DROP SCHEMA IF EXISTS homepage CASCADE")
+            db.apply_migrations(c)
+        run, _ = publish(e, D1, "a")
+        with e.connect() as c:
+            missing = c.execute(text("SELECT atthasmissing FROM pg_attribute WHERE attrelid = CAST(:t AS regclass) "
+                                     "AND attname = 'run_key'"), {"t": run["slates_table"]}).scalar_one()  # fmt: skip
+            c.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pageinspect")
+            # t_infomask2 & 0x07FF: how many attributes the stored tuple holds.
+            natts = c.execute(text("SELECT DISTINCT t_infomask2 & 2047 FROM heap_page_items(get_raw_page(:t, 0))"),
+                              {"t": run["slates_table"]}).scalars().all()  # fmt: skip
+            served = c.execute(text("SELECT homepage.get_homepage('u1') ->> 'run_key'")).scalar_one()
+        assert missing is True
+        assert natts == [2]  # user_id and sections; not run_key
+        assert served == "2026-11-21/main/v1"
+    finally:
+        e.dispose()
+
+
 def test_failed_load_leaves_previous_homepage(engine):
     publish(engine, D1, "a")
     with pytest.raises(db.PublishError), engine.begin() as c:
