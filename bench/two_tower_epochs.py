@@ -16,7 +16,11 @@ the test NDCG@10 moves by about 0.005 between neighbouring epochs.
 
 --seeds trains one model per seed side by side and prints, per epoch, each model's test
 NDCG@10 and the ensemble's: the mean of their scores, which is one inner product of the
-models' concatenated vectors (what a seed ensemble would hand FAISS).
+models' concatenated vectors (what a seed ensemble would hand FAISS); the ensembles of
+the first 2, 3, ... seeds; and a snapshot ensemble (the mean score of epochs e-2..e). At
+the end it replays stopping rules (early stopping on each member's own validation with
+several patiences, every member at a fixed epoch) on the recorded epochs and prints the
+ensemble's test NDCG@10 under each.
 """
 
 from __future__ import annotations
@@ -159,18 +163,57 @@ def ensemble(cfg, rd: RunDir, seeds: list[int], epochs: int, state, ho) -> None:
     catalog = load_catalog_of(rd)
     seqs, rows, targets = test_targets(cfg, rd, catalog, state, ho)
     print(f"{len(rows)} test users; seeds {seeds}")
-    print("| epoch | " + " | ".join(f"seed {s}" for s in seeds) + " | ensemble (mean score) | seconds |")
-    print("|---:|" + "---:|" * (len(seeds) + 2))
+    prefixes = list(range(2, len(seeds)))  # the ensembles of the first 2, 3, ... seeds too
+    print("| epoch | " + " | ".join(f"seed {s}" for s in seeds) + "".join(f" | first {k}" for k in prefixes)
+          + " | ensemble (mean score) | with the 2 epochs before | seconds |")  # fmt: skip
+    print("|---:|" + "---:|" * (len(seeds) + len(prefixes) + 3))
+    recent: list[torch.Tensor] = []  # the ensemble's mean scores of the last 3 epochs, each [U, N]
+    kept: list[list[torch.Tensor]] = [[] for _ in seeds]  # [member][epoch - 1] -> [U, N]
+    vals: list[list[float]] = [[] for _ in seeds]  # [member][epoch - 1] -> validation Recall@20
     for e in range(1, epochs + 1):
         t0 = time.time()
         scores = []
-        for tr in trainers:
+        for m, tr in enumerate(trainers):
             tr.epoch(e, None)
             scores.append(masked_scores(cfg, tr, seqs, rows))
+            kept[m].append(scores[-1])
+            vals[m].append(tr.validate() or 0.0)
         each = [ndcg10(sc, targets) for sc in scores]
-        mean = ndcg10(torch.stack(scores).mean(0), targets)
-        print(f"| {e} | " + " | ".join(f"{x:.4f}" for x in each) + f" | {mean:.4f} | {time.time() - t0:.0f} |",
-              flush=True)  # fmt: skip
+        part = [ndcg10(torch.stack(scores[:k]).mean(0), targets) for k in prefixes]
+        recent = [*recent[-2:], torch.stack(scores).mean(0)]
+        mean = ndcg10(recent[-1], targets)
+        snap = ndcg10(torch.stack(recent).mean(0), targets)  # a snapshot ensemble over epochs e-2..e
+        print(f"| {e} | " + " | ".join(f"{x:.4f}" for x in each + part)
+              + f" | {mean:.4f} | {snap:.4f} | {time.time() - t0:.0f} |", flush=True)  # fmt: skip
+    stopping_rules(kept, vals, targets, cfg.train.early_stopping_patience)
+
+
+def stopping_rules(kept, vals, targets, default_patience: int) -> None:  # type: ignore[no-untyped-def]
+    """The ensemble's test NDCG@10 had each member stopped by a rule, from the epochs
+    recorded above: early stopping on the member's own validation Recall@20 with a
+    patience (the best epoch before it ran out), or every member at a fixed epoch."""
+    epochs = len(vals[0])
+
+    def stopped_at(v: list[float], patience: int) -> int:
+        best, bad = 0, 0
+        for e in range(1, len(v)):
+            if v[e] > v[best]:
+                best, bad = e, 0
+            else:
+                bad += 1
+                if bad >= patience:
+                    break
+        return best
+
+    print(f"\n| rule | epochs chosen | ensemble test NDCG@10 |  (default patience {default_patience})")
+    print("|---|---|---:|")
+    for p in (3, 5, 8, epochs):
+        chosen = [stopped_at(v, p) for v in vals]
+        sc = torch.stack([kept[m][e].float() for m, e in enumerate(chosen)]).mean(0)
+        print(f"| patience {p} | {[e + 1 for e in chosen]} | {ndcg10(sc, targets):.4f} |")
+    for e in range(4, epochs, 2):
+        sc = torch.stack([k[e].float() for k in kept]).mean(0)
+        print(f"| fixed epoch {e + 1} | | {ndcg10(sc, targets):.4f} |")
 
 
 def load_catalog_of(rd: RunDir):  # type: ignore[no-untyped-def]

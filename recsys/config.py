@@ -242,7 +242,14 @@ class TrainConfig(_Section):
     # -0.008 to +0.004, inside their noise; training took 3.3x-4.3x as long (synthetic
     # 51 -> 168 s). Above ensemble_max_users one model: each member adds a whole
     # training (minutes at that size; the 1M night has 300 s for one), and the gain was
-    # not measured beyond 3,000 users.
+    # not measured beyond 3,000 users. With the automatic budget (time_budget_s None)
+    # the whole ensemble is held to max_auto_budget_s: a member is added only while one
+    # more of the slowest so far still ends inside it (MovieLens-1M-sized data, where one
+    # model's training approaches the cap, trains one model, not three times the cap).
+    # 5 members (--set train.ensemble_members=5, the outside view of ml-latest-small):
+    # two-tower 0.0551 in 762 s, then 3 on the same run directory 0.0571 in 318 s (ranked
+    # 0.0731 vs 0.0712); at fixed epochs (bench/two_tower_epochs.py --seeds) 5 averaged
+    # +0.0035 over 3 across epochs 9-16. Not worth 2.4x the training at that noise.
     ensemble_members: int = Field(default=3, ge=1, le=8)
     ensemble_max_users: int = Field(default=20_000, ge=0)
     # bf16 autocast on CUDA (no effect on CPU, where it is slower than fp32).

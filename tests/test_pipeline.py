@@ -175,3 +175,43 @@ def test_small_data_validates_every_user_then_refits(tiny_run, tiny_data, tmp_pa
     assert info["best_epoch"] >= 1 and info["refit_epochs"] == info["best_epoch"]
     # the saved model is the refit one, trained on every step: no validation tail held out
     assert info["windows"] == len(windows(seqs, np.arange(len(seqs)), small.model.max_seq_len))
+
+
+def test_another_member_fits_the_automatic_budget():
+    """The automatic budget holds the whole ensemble to train.max_auto_budget_s; a fixed
+    budget is shared by the members, so each one fits."""
+    from recsys.config import Config
+    from recsys.model.train import another_member_fits
+
+    auto = Config().model_copy(update={"train": Config().train.model_copy(update={"max_auto_budget_s": 100.0})})
+    assert another_member_fits(auto, [30.0])  # 30 + 30 <= 100
+    assert another_member_fits(auto, [30.0, 20.0])  # 50 + 30 <= 100
+    assert not another_member_fits(auto, [30.0, 40.0])  # 70 + 40 > 100
+    assert not another_member_fits(auto, [60.0])  # one model takes most of it
+    fixed = auto.model_copy(update={"train": auto.train.model_copy(update={"time_budget_s": 10.0})})
+    assert another_member_fits(fixed, [60.0, 60.0])
+
+
+def test_ensemble_stops_where_the_automatic_budget_ends(tiny_run, tiny_data, tmp_path):
+    """A member that would end past train.max_auto_budget_s is not trained: the night
+    serves the members it has, meta.json says how many, and member files of an earlier
+    attempt on this date with more members are gone (embed would read them otherwise)."""
+    import shutil
+
+    from recsys.config import load_config
+    from recsys.model.train import load_bundles, train_model
+    from recsys.rundir import RunDir
+    from tests.conftest import RUN_DATE, tiny_overrides
+
+    cfg, _ = tiny_run
+    shutil.copytree(cfg.paths.work_root, tmp_path / "work")  # the tiny run's features and its 3 members
+    over = tiny_overrides(tiny_data, tmp_path / "work")
+    # one epoch takes longer than half of a 0.5 s budget, so a second member cannot fit
+    over["train"].update({"time_budget_s": None, "max_auto_budget_s": 0.5, "max_epochs": 1, "warm_start": False})
+    small = load_config(overrides=over, environ={})
+    rd = RunDir(small, RUN_DATE)
+    assert (rd.path("model") / "member_2.pt").is_file()  # the earlier attempt's ensemble
+    info = train_model(small, rd)
+    assert info["members"] == 1 and "member_runs" not in info
+    assert not list(rd.path("model").glob("member_*.pt"))
+    assert len(load_bundles(small, rd)) == 1

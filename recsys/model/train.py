@@ -520,6 +520,17 @@ def member_config(cfg: Config, member: int, members: int) -> Config:
     return cfg.model_copy(update={"train": tc.model_copy(update={"seed": tc.seed + member, "time_budget_s": budget})})
 
 
+def another_member_fits(cfg: Config, seconds: list[float]) -> bool:
+    """With a fixed train.time_budget_s the members share it, so each one fits. With the
+    automatic budget each member sets its own, and the whole ensemble is held to
+    train.max_auto_budget_s: one more member is trained only when one more of the
+    slowest so far still ends inside it (small data: all of them; a data set whose one
+    model takes most of that budget: one model, not M times the night's training)."""
+    if cfg.train.time_budget_s is not None:
+        return True
+    return sum(seconds) + max(seconds) <= cfg.train.max_auto_budget_s
+
+
 def member_file(member: int) -> str:
     return "model.pt" if member == 0 else f"member_{member}.pt"
 
@@ -529,7 +540,16 @@ def train_model(cfg: Config, rd: RunDir) -> dict[str, Any]:
     epoch. An ensemble's members differ by seed; embed serves the mean of their scores."""
     t_start = time.time()
     members = ensemble_size(cfg, rd)
-    infos = [train_member(member_config(cfg, k, members), rd, k) for k in range(members)]
+    infos: list[dict[str, Any]] = []
+    for k in range(members):
+        if k and not another_member_fits(cfg, [m["seconds"] for m in infos]):
+            log.info("train: ensemble stopped at %d of %d members: one more (~%.0fs) would take training past "
+                     "train.max_auto_budget_s (%.0fs)", k, members, max(m["seconds"] for m in infos),
+                     cfg.train.max_auto_budget_s)  # fmt: skip
+            break
+        infos.append(train_member(member_config(cfg, k, members), rd, k))
+    members = len(infos)
+    _record_members(rd, members)
     info = {**infos[0], "seconds": round(time.time() - t_start, 1), "members": members}
     if members > 1:
         keys = ("seed", "best_epoch", "best_val_recall@20", "steps", "stopped_by", "model_hash", "seconds")
@@ -645,8 +665,6 @@ def _save(cfg: Config, rd: RunDir, tr: Trainer, catalog: Catalog, split: str, me
     model_hash = hashlib.sha256((out / member_file(member)).read_bytes()).hexdigest()[:16]
     if member > 0:
         return model_hash
-    for stale in out.glob("member_*.pt"):  # a re-run of this date with fewer members
-        stale.unlink()
     enc = tr.bundle.model.item.encoder
     meta = {
         "item_ids": [str(x) for x in catalog.ids],
@@ -654,12 +672,23 @@ def _save(cfg: Config, rd: RunDir, tr: Trainer, catalog: Catalog, split: str, me
         "encoder_path": enc.path,
         "encoder_layers_trained": enc.n_train,
         "dim": cfg.model.dim,
-        "members": ensemble_size(cfg, rd),
+        "members": 1,  # train_model records how many were trained (_record_members)
         "split": split,
         "model_hash": model_hash,
     }
     jsonio.write(out / "meta.json", meta, indent=None)
     return model_hash
+
+
+def _record_members(rd: RunDir, members: int) -> None:
+    """meta.json says how many members embed reads; member files past them (a re-run
+    of this date with fewer members) are removed."""
+    out = rd.path("model")
+    meta = jsonio.read(out / "meta.json")
+    jsonio.write(out / "meta.json", {**meta, "members": members}, indent=None)
+    for f in out.glob("member_*.pt"):
+        if int(f.stem.split("_")[1]) >= members:
+            f.unlink()
 
 
 def load_bundles(cfg: Config, rd: RunDir, device: torch.device | None = None) -> list[Bundle]:
