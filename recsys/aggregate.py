@@ -120,7 +120,6 @@ def validate_events(
     the first is kept), bot_like_user (every otherwise clean event of a user with more
     than bot_max_events_per_day clean events on one UTC day).
     """
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     df = raw.withColumn("_user", F.trim("user_id")).withColumn("_item", F.trim("item_id"))
@@ -129,10 +128,21 @@ def validate_events(
     df = df.withColumn("value_p", F.col("value").try_cast("double"))
     ids = catalog_ids.select(F.col("item_id").alias("_cat_item")).distinct()
     df = df.join(F.broadcast(ids), df._item == ids._cat_item, "left")
+    reason = _row_reason(run_date, known_types, window_start, id_pattern, id_max_length)
+    df = _cross_row_reasons(df.withColumn("reason", reason), bot_max_events_per_day)
+    return df if annotated else split_annotated(df)
+
+
+def _row_reason(run_date: dt.date, known_types: list[str], window_start: dt.date | None, id_pattern: str,
+                id_max_length: int) -> Any:  # fmt: skip
+    """The first rule a row breaks on its own (null = none), as one Column over the
+    parsed columns of validate_events."""
+    from pyspark.sql import functions as F
+
     reason = F.when(F.col("_corrupt").isNotNull(), F.lit("unparseable_row"))
     for c in EVENT_REQUIRED:
         reason = reason.when(_blank(F.col(c)), F.lit(f"missing_{c}"))
-    reason = (
+    return (
         reason.when(bad_id(F.col("_user"), id_pattern, id_max_length), F.lit("bad_user_id"))
         .when(bad_id(F.col("_item"), id_pattern, id_max_length), F.lit("bad_item_id"))
         .when(F.col("ts_p").isNull(), F.lit("bad_timestamp"))
@@ -145,28 +155,31 @@ def validate_events(
         .when(F.col("value").isNotNull() & (F.col("value_p").isNull() | ~_finite(F.col("value_p"))), F.lit("bad_value"))
         .when(F.col("_cat_item").isNull(), F.lit("unknown_item"))
     )
-    df = df.withColumn("reason", reason).withColumn("_day", F.to_date("ts_p"))
-    # The two cross-row rules share one exchange (by user) and one sort: the duplicate
-    # key leads with the user and the day, so the per-day count and the per-user maximum
-    # read prefixes of the same order. A grouped count joined back made Spark compute
-    # the parse, the catalog join and the duplicate window twice (at 100k users the
-    # stage took 95-108 s, now 77-83 s: docs/benchmarks.md, "Validate: one exchange
-    # and one sort").
-    df = df.repartition("_user")
+
+
+def _cross_row_reasons(df: DataFrame, bot_max_events_per_day: int) -> DataFrame:
+    """`duplicate` and `bot_like_user` on top of the per-row reasons (rows still clean only).
+
+    The two cross-row rules share one exchange (by user) and one sort: the duplicate key
+    leads with the user and the day, so the per-day count and the per-user maximum read
+    prefixes of the same order. A grouped count joined back made Spark compute the
+    parse, the catalog join and the duplicate window twice (at 100k users the stage took
+    95-108 s, now 77-83 s: docs/benchmarks.md, "Validate: one exchange and one sort")."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    df = df.withColumn("_day", F.to_date("ts_p")).repartition("_user")
     key = ["_user", "_day", "_item", "event_type_n", "ts_p", "session_id"]
     dup_w = Window.partitionBy(*key).orderBy("source_file", "dt")
+    repeat = F.row_number().over(dup_w) > 1
     df = df.withColumn(
-        "reason",
-        F.when(F.col("reason").isNull() & (F.row_number().over(dup_w) > 1), F.lit("duplicate")).otherwise(
-            F.col("reason")
-        ),
+        "reason", F.when(F.col("reason").isNull() & repeat, F.lit("duplicate")).otherwise(F.col("reason"))
     )
     ok = F.col("reason").isNull()
     df = df.withColumn("_day_n", F.sum(ok.cast("int")).over(Window.partitionBy("_user", "_day")))
     bot = F.max("_day_n").over(Window.partitionBy("_user")) > bot_max_events_per_day
     df = df.withColumn("reason", F.when(ok & bot, F.lit("bot_like_user")).otherwise(F.col("reason")))
-    df = df.drop("_day", "_day_n")
-    return df if annotated else split_annotated(df)
+    return df.drop("_day", "_day_n")
 
 
 def split_annotated(df: DataFrame) -> tuple[DataFrame, DataFrame]:
@@ -508,27 +521,14 @@ def run_validate(cfg: Config, rd: RunDir) -> dict[str, object]:
     _write(quarantine, str(rd.path("quarantine", "events")), files=1)
     annotated.unpersist()
 
-    def reasons(path: str) -> dict[str, int]:
-        rows = spark.read.parquet(path).groupBy("reason").count().collect()
-        return {r["reason"]: int(r["count"]) for r in sorted(rows, key=lambda r: r["reason"])}
-
-    q_counts = reasons(str(rd.path("quarantine", "events")))
-    n_clean = spark.read.parquet(str(rd.path("validated", "events"))).count()
-    n_bad = sum(q_counts.values())
-    total = n_clean + n_bad
-    reject_rate = n_bad / total if total else 0.0
-    counts: dict[str, object] = {
+    counts = _validated_counts(spark, rd)
+    counts.update({
         "event_partitions": {"first": str(ev_parts[0].date), "last": str(ev_parts[-1].date), "n": len(ev_parts)},
-        "catalog_partition": str(cat_part.date),
-        "events_raw": total,
-        "events_clean": n_clean,
-        "events_quarantined": q_counts,
-        "reject_rate": round(reject_rate, 6),
-        "catalog_items": n_items,
-        "shuffle_partitions": n_shuffle,
-        "catalog_quarantined": reasons(str(rd.path("quarantine", "catalog"))),
+        "catalog_partition": str(cat_part.date), "catalog_items": n_items, "shuffle_partitions": n_shuffle,
         "catalog_repaired": {"future_created_at": cat_clean.where("created_at_repaired").count()},
-    }
+    })  # fmt: skip
+    total, n_clean, q_counts = counts["events_raw"], counts["events_clean"], counts["events_quarantined"]
+    reject_rate = (total - n_clean) / total if total else 0.0
     log.info(
         "validate: %d raw events, %d clean, quarantined %s (reject rate %.4f)", total, n_clean, q_counts, reject_rate
     )
@@ -541,6 +541,24 @@ def run_validate(cfg: Config, rd: RunDir) -> dict[str, object]:
         raise InputError("no valid events in the window: nothing to learn from")
     counts["seconds"] = round(time.time() - t0, 1)
     return counts
+
+
+def _validated_counts(spark: Any, rd: RunDir) -> dict[str, Any]:
+    """Row counts read back from validate's outputs: clean and quarantined events (by
+    reason), the reject rate, quarantined catalog rows (by reason)."""
+
+    def reasons(path: str) -> dict[str, int]:
+        rows = spark.read.parquet(path).groupBy("reason").count().collect()
+        return {r["reason"]: int(r["count"]) for r in sorted(rows, key=lambda r: r["reason"])}
+
+    q_counts = reasons(str(rd.path("quarantine", "events")))
+    n_clean = spark.read.parquet(str(rd.path("validated", "events"))).count()
+    total = n_clean + sum(q_counts.values())
+    return {
+        "events_raw": total, "events_clean": n_clean, "events_quarantined": q_counts,
+        "reject_rate": round((total - n_clean) / total, 6) if total else 0.0,
+        "catalog_quarantined": reasons(str(rd.path("quarantine", "catalog"))),
+    }  # fmt: skip
 
 
 def _splits(

@@ -624,11 +624,42 @@ def fit_ranker(cfg: Config, rd: RunDir) -> tuple[Ranker | None, dict[str, Any]]:
             f"{len(users)} label users with a positive candidate < rank.min_train_users={rc.min_train_users}"
         )
         return None, info
+    t = time.time()
     folds = validation_folds(cfg, users)
     # One regime for the validation fits and the refit: the refit's rounds are theirs.
     tree = booster_settings(cfg, len(users))
+    fits, rounds = _fit_folds(cfg, pairs, X, names, has_pos, folds, tree)
+    scores = _validation_scores(cfg, pairs, X, targets, fits, rounds)
+    learned, best, ndcg, gain = _compare_orders(scores)
+    info.update({
+        "train_users": int(len(users) - len(folds[0])), "val_users": sum(len(f) for f in folds),
+        "cv_folds": len(folds), "pairs": len(pairs), "booster": tree, "best_iteration": rounds,
+        "fold_best_iterations": [int(b.best_iteration) for *_, b in fits],
+        "val_ndcg@10": {k: round(v, 4) for k, v in ndcg.items()}, "order": learned,
+        "val_gain": {"of": learned, "over": best, **gain},
+    })  # fmt: skip
+    _log_validation(info, learned, best, ndcg, gain)
+    if not (ndcg[learned] >= ndcg[best] and gain["z"] >= rc.deploy_min_z):
+        info["fallback"] = (
+            f"{learned} not clearly above {best} on validation users: {ndcg[learned]:.4f} vs {ndcg[best]:.4f}, "
+            f"gain {gain['gain']:+.4f} (SE {gain['se']:.4f}, z {gain['z']:.2f} < rank.deploy_min_z={rc.deploy_min_z})"
+        )
+        info["fallback_order"] = best
+        return None, info
+    booster = _deployed_booster(cfg, pairs, X, names, has_pos, fits, rounds, tree, info)
+    info["seconds"] = round(time.time() - t, 1)
+    importance = booster.feature_importance("gain")
+    info["feature_importance_gain"] = [[n, round(float(g), 2)] for n, g in sorted(zip(names, importance, strict=True),
+                                                                                 key=lambda x: -x[1])]  # fmt: skip
+    return Ranker(booster, names, fuse_blend=learned == "fused"), info
+
+
+def _fit_folds(cfg: Config, pairs: pd.DataFrame, X: np.ndarray, names: list[str], has_pos: np.ndarray,
+               folds: list[set[str]], tree: dict[str, Any]) -> tuple[list[tuple[set[str], np.ndarray, Any]], int]:  # fmt: skip
+    """One booster per fold (trained on the other folds' users, early-stopped on its
+    own); returns [(fold users, is-val mask [pairs], booster)] and the rounds shared by
+    all folds (the argmax of their mean validation curve)."""
     label, uid = pairs["label"].to_numpy(), pairs["user_id"].to_numpy()
-    t = time.time()
     fits, curves = [], []
     for val_users in folds:
         is_val = pairs["user_id"].isin(val_users).to_numpy()
@@ -637,7 +668,13 @@ def fit_ranker(cfg: Config, rd: RunDir) -> tuple[Ranker | None, dict[str, Any]]:
                                    curve=curve)  # fmt: skip
         fits.append((val_users, is_val, booster))
         curves.append(curve)
-    rounds = common_rounds(curves)
+    return fits, common_rounds(curves)
+
+
+def _validation_scores(cfg: Config, pairs: pd.DataFrame, X: np.ndarray, targets: dict[str, set[str]],
+                       fits: list[tuple[set[str], np.ndarray, Any]], rounds: int) -> dict[str, np.ndarray]:  # fmt: skip
+    """Per-user NDCG@10 of every order (the learned ones at the shared rounds, and every
+    unlearned order) on each fold's own users: {order: [every validation label user]}."""
     orders = unlearned_orders(cfg)
     per_user: dict[str, list[np.ndarray]] = {k: [] for k in [*LEARNED_ORDERS, *orders]}  # per fold, [fold users]
     for val_users, is_val, booster in fits:
@@ -648,46 +685,43 @@ def fit_ranker(cfg: Config, rd: RunDir) -> tuple[Ranker | None, dict[str, Any]]:
         per_user["fused"].append(_ndcg10_per_user(vpairs, fused_with_blend(vpairs, pred, cfg), val_targets))
         for name, order in orders.items():
             per_user[name].append(_ndcg10_per_user(vpairs, order(vpairs), val_targets))
-    scores = {k: np.concatenate(v) for k, v in per_user.items()}  # [every validation label user]
-    n_val = sum(len(f) for f in folds)
+    return {k: np.concatenate(v) for k, v in per_user.items()}
+
+
+def _compare_orders(scores: dict[str, np.ndarray]) -> tuple[str, str, dict[str, float], dict[str, float]]:
+    """The better learned order, the best unlearned one, every order's mean NDCG@10 and
+    the learned order's paired gain over the unlearned one."""
     ndcg = {k: float(v.mean()) for k, v in scores.items()}
-    best = max(orders, key=lambda k: ndcg[k])  # the blend on ties (it comes first)
+    best = max((k for k in scores if k not in LEARNED_ORDERS), key=lambda k: ndcg[k])  # the blend on ties
     learned = max(LEARNED_ORDERS, key=lambda k: ndcg[k])  # the ranker alone on ties
-    gain = paired_gain(scores[learned], scores[best])
-    iterations = [int(b.best_iteration) for *_, b in fits]
-    info.update({
-        "train_users": int(len(users) - len(folds[0])), "val_users": n_val, "cv_folds": len(folds),
-        "pairs": len(pairs), "booster": tree, "best_iteration": rounds, "fold_best_iterations": iterations,
-        "val_ndcg@10": {k: round(v, 4) for k, v in ndcg.items()}, "order": learned,
-        "val_gain": {"of": learned, "over": best, **gain},
-    })  # fmt: skip
-    booster = fits[0][2]
+    return learned, best, ndcg, paired_gain(scores[learned], scores[best])
+
+
+def _log_validation(info: dict[str, Any], learned: str, best: str, ndcg: dict[str, float],
+                    gain: dict[str, float]) -> None:  # fmt: skip
     log.info("rank: val NDCG@10 %s %.4f vs the best unlearned order %s %.4f, gain %+.4f (SE %.4f, z %.2f; %s; "
              "%d val users in %d fold(s), %d rounds; each fold's best %s)", learned, ndcg[learned], best, ndcg[best],
              gain["gain"], gain["se"], gain["z"],
-             ", ".join(f"{k} {v:.4f}" for k, v in ndcg.items() if k not in (learned, best)), n_val, len(folds),
-             rounds, iterations)  # fmt: skip
-    if not (ndcg[learned] >= ndcg[best] and gain["z"] >= rc.deploy_min_z):
-        info["fallback"] = (
-            f"{learned} not clearly above {best} on validation users: {ndcg[learned]:.4f} vs {ndcg[best]:.4f}, "
-            f"gain {gain['gain']:+.4f} (SE {gain['se']:.4f}, z {gain['z']:.2f} < rank.deploy_min_z={rc.deploy_min_z})"
-        )
-        info["fallback_order"] = best
-        return None, info
-    if refits(cfg, len(users), len(folds)):
-        # The validation users were only needed to choose the number of rounds: the
-        # deployed model learns from every label user, with the rounds scaled up to the
-        # larger training set (each fold trained on a 1 - 1/k share, a single split on
-        # 1 - val_fraction). Above refit_max_users the validation fit is deployed as is.
-        share = 1 - 1 / len(folds) if len(folds) > 1 else 1 - rc.val_fraction
-        refit_rounds = max(1, round(rounds / share))
-        booster = train_lambdarank(cfg, X, label, uid, names, has_pos, None, refit_rounds, tree=tree)
-        info["refit_rounds"] = refit_rounds
-    info["seconds"] = round(time.time() - t, 1)
-    gain = booster.feature_importance("gain")
-    info["feature_importance_gain"] = [[n, round(float(g), 2)] for n, g in sorted(zip(names, gain, strict=True),
-                                                                                 key=lambda x: -x[1])]  # fmt: skip
-    return Ranker(booster, names, fuse_blend=learned == "fused"), info
+             ", ".join(f"{k} {v:.4f}" for k, v in ndcg.items() if k not in (learned, best)), info["val_users"],
+             info["cv_folds"], info["best_iteration"], info["fold_best_iterations"])  # fmt: skip
+
+
+def _deployed_booster(cfg: Config, pairs: pd.DataFrame, X: np.ndarray, names: list[str], has_pos: np.ndarray,
+                      fits: list[tuple[set[str], np.ndarray, Any]], rounds: int, tree: dict[str, Any],
+                      info: dict[str, Any]) -> Any:  # fmt: skip
+    """The first fold's booster, or where `refits` says so one refit on every label user.
+    The validation users were only needed to choose the number of rounds: the refit
+    learns from all of them, with the rounds scaled up to the larger training set (each
+    fold trained on a 1 - 1/k share, a single split on 1 - val_fraction). Above
+    refit_max_users the validation fit is deployed as is."""
+    n_users = int(pairs.loc[has_pos, "user_id"].nunique())
+    if not refits(cfg, n_users, len(fits)):
+        return fits[0][2]
+    share = 1 - 1 / len(fits) if len(fits) > 1 else 1 - cfg.rank.val_fraction
+    refit_rounds = max(1, round(rounds / share))
+    info["refit_rounds"] = refit_rounds
+    label, uid = pairs["label"].to_numpy(), pairs["user_id"].to_numpy()
+    return train_lambdarank(cfg, X, label, uid, names, has_pos, None, refit_rounds, tree=tree)
 
 
 def ranker_input(cands: pd.DataFrame) -> pd.DataFrame:

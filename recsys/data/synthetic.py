@@ -342,7 +342,6 @@ def generate(out_root: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> dic
     rng, cat, pop, dept_of, complement = w.rng, w.cat, w.pop, w.dept_of, w.complement
     paths, _, _, _ = _flat_categories()
     n_depts = int(dept_of.max()) + 1
-    n_total = len(cat.item_id)
     dept_first_cat = np.array([int(np.flatnonzero(dept_of == d)[0]) for d in range(n_depts)])
     dept_n_cats = np.bincount(dept_of, minlength=n_depts)
     max_len = 64
@@ -351,99 +350,93 @@ def generate(out_root: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> dic
     for k in range(1, max_len):
         comp_pow[k] = complement[comp_pow[k - 1]]
     interest_cum = np.cumsum(w.interest, axis=1)
-    activity = w.activity
     user_ids = np.array([f"u{u:07d}" for u in range(spec.n_users)], dtype=object)
     start = spec.end_date - dt.timedelta(days=spec.days - 1)
-    start64 = np.datetime64(start, "D")
     counts = {"events": 0, "catalog_rows": 0, "bad_rows": 0}
-    titles = np.array(cat.title, dtype=object)
-    cats = np.array(cat.category, dtype=object)
-    brands = np.array(cat.brand, dtype=object)
-    descs = np.array(cat.description, dtype=object)
 
     for day in range(spec.days):
         date = start + dt.timedelta(days=day)
         live = (cat.created_day <= day) & (cat.unavailable_from > day)
-        # Catalog: a full snapshot per day of every item created so far.
-        existing = np.flatnonzero(cat.created_day <= day)
-        created = (start64 + cat.created_day[existing]).astype("datetime64[us]") + np.timedelta64(6, "h")
-        _write(
-            pa.table(
-                {
-                    "item_id": cat.item_id[existing],
-                    "title": titles[existing],
-                    "category": cats[existing],
-                    "brand": brands[existing],
-                    "description": descs[existing],
-                    "price": cat.price[existing],
-                    "available": live[existing],
-                    "created_at": pa.array(created, type=pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC")),
-                }
-            ),
-            out / "catalog" / f"dt={date.isoformat()}",
-        )
-        counts["catalog_rows"] += len(existing)
+        catalog = _catalog_snapshot(cat, day, live, np.datetime64(start, "D"))
+        _write(catalog, out / "catalog" / f"dt={date.isoformat()}")
+        counts["catalog_rows"] += catalog.num_rows
 
         day_start = dt.datetime.combine(date, dt.time(0), tzinfo=dt.UTC).timestamp()
-        ev = _day_events(spec, rng, day, day_start, cat, pop, live, interest_cum, activity,
+        ev = _day_events(spec, rng, day, day_start, cat, pop, live, interest_cum, w.activity,
                          dept_first_cat, dept_n_cats, comp_pow)  # fmt: skip
-        n_good = len(ev["user"])
-        u_col = user_ids[ev["user"]]
-        i_col = cat.item_id[ev["item"]]
-        t_col = FUNNEL[ev["etype"]]
-        ts_col = ev["ts"]
-        s_col = np.array([f"s{day:03d}-{x:08d}" for x in ev["session"]], dtype=object)
-        extra_u: list[Any] = []
-        extra_i: list[Any] = []
-        extra_t: list[Any] = []
-        extra_ts: list[Any] = []
-        extra_s: list[Any] = []
-        n_bad = math.ceil(n_good * spec.corrupt_rate) if spec.corrupt_rate > 0 and n_good else 0
-        future = dt.datetime.combine(spec.end_date + dt.timedelta(days=400), dt.time(1), dt.UTC).timestamp()
-        for b in range(n_bad):
-            kind = b % 4
-            j = int(rng.integers(n_good))
-            if kind == 0:  # unknown item
-                row = (u_col[j], f"i-unknown-{b}", "view", ts_col[j], s_col[j])
-            elif kind == 1:  # missing user id
-                row = (None, i_col[j], "click", ts_col[j], s_col[j])
-            elif kind == 2:  # timestamp in the future
-                row = (u_col[j], i_col[j], "view", future, s_col[j])
-            else:  # exact duplicate
-                row = (u_col[j], i_col[j], t_col[j], ts_col[j], s_col[j])
-            for lst, v in zip((extra_u, extra_i, extra_t, extra_ts, extra_s), row, strict=True):
-                lst.append(v)
-        if spec.n_bots() and n_good and day == max(spec.days - 3, 0):
-            # A crawler: thousands of views in one day from one account.
-            live_ids = cat.item_id[live]
-            for k in range(spec.bot_events_per_day * spec.n_bots()):
-                extra_u.append(f"bot{k % spec.n_bots():03d}")
-                extra_i.append(live_ids[k % len(live_ids)])
-                extra_t.append("view")
-                extra_ts.append(day_start + k * 30 % 86_000)
-                extra_s.append(f"bot-{day}")
-            n_bad += spec.bot_events_per_day * spec.n_bots()
-        all_ts = np.concatenate([ts_col, np.array(extra_ts, dtype=np.float64)])
-        _write(
-            pa.table(
-                {
-                    "user_id": pa.array(np.concatenate([u_col, np.array(extra_u, dtype=object)]), type=pa.string()),
-                    "item_id": pa.array(np.concatenate([i_col, np.array(extra_i, dtype=object)]), type=pa.string()),
-                    "event_type": pa.array(np.concatenate([t_col, np.array(extra_t, dtype=object)]), type=pa.string()),
-                    "ts": pa.array((all_ts * 1e6).astype(np.int64), type=pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-                    "session_id": pa.array(np.concatenate([s_col, np.array(extra_s, dtype=object)]), type=pa.string()),
-                }
-            ),
-            out / "events" / f"dt={date.isoformat()}",
-        )
-        counts["events"] += n_good
-        counts["bad_rows"] += n_bad
+        good = (user_ids[ev["user"]], cat.item_id[ev["item"]], FUNNEL[ev["etype"]], ev["ts"],
+                np.array([f"s{day:03d}-{x:08d}" for x in ev["session"]], dtype=object))  # fmt: skip
+        extra = _corrupt_rows(spec, rng, good)
+        if spec.n_bots() and len(ev["user"]) and day == max(spec.days - 3, 0):
+            extra += _bot_rows(spec, cat.item_id[live], day, day_start)
+        _write(_events_table(good, extra), out / "events" / f"dt={date.isoformat()}")
+        counts["events"] += len(ev["user"])
+        counts["bad_rows"] += len(extra)
         if day % 7 == 6 or day == spec.days - 1:
             rate = counts["events"] / max(time.time() - t0, 1e-9)
             log.info(
                 "synthetic: day %d/%d (%s) events=%d bad=%d (%.0f events/s)",
                 day + 1, spec.days, date, counts["events"], counts["bad_rows"], rate,
             )  # fmt: skip
-    counts["items"] = n_total
+    counts["items"] = len(cat.item_id)
     counts["users"] = spec.n_users
     return counts
+
+
+def _catalog_snapshot(cat: _Catalog, day: int, live: np.ndarray, start64: np.datetime64) -> pa.Table:
+    """The day's full catalog snapshot: every item created so far (created 06:00 UTC of
+    its day), `available` = live on that day."""
+    existing = np.flatnonzero(cat.created_day <= day)
+    created = (start64 + cat.created_day[existing]).astype("datetime64[us]") + np.timedelta64(6, "h")
+
+    def col(values: list[str]) -> np.ndarray:
+        return np.asarray(values, dtype=object)[existing]
+
+    return pa.table({
+        "item_id": cat.item_id[existing], "title": col(cat.title), "category": col(cat.category),
+        "brand": col(cat.brand), "description": col(cat.description), "price": cat.price[existing],
+        "available": live[existing],
+        "created_at": pa.array(created, type=pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC")),
+    })  # fmt: skip
+
+
+Row = tuple[Any, Any, Any, float, Any]  # user_id, item_id, event_type, ts (epoch s), session_id
+
+
+def _corrupt_rows(spec: SyntheticSpec, rng: np.random.Generator, good: tuple[np.ndarray, ...]) -> list[Row]:
+    """ceil(corrupt_rate x the day's events) bad rows, each a copy of a random good row
+    broken one way in turn: unknown item, missing user id, future timestamp, exact
+    duplicate (validate must quarantine each with its reason)."""
+    u_col, i_col, t_col, ts_col, s_col = good
+    n_good = len(u_col)
+    n_bad = math.ceil(n_good * spec.corrupt_rate) if spec.corrupt_rate > 0 and n_good else 0
+    future = dt.datetime.combine(spec.end_date + dt.timedelta(days=400), dt.time(1), dt.UTC).timestamp()
+    rows: list[Row] = []
+    for b in range(n_bad):
+        j = int(rng.integers(n_good))
+        rows.append([
+            (u_col[j], f"i-unknown-{b}", "view", ts_col[j], s_col[j]),
+            (None, i_col[j], "click", ts_col[j], s_col[j]),
+            (u_col[j], i_col[j], "view", future, s_col[j]),
+            (u_col[j], i_col[j], t_col[j], ts_col[j], s_col[j]),
+        ][b % 4])  # fmt: skip
+    return rows
+
+
+def _bot_rows(spec: SyntheticSpec, live_ids: np.ndarray, day: int, day_start: float) -> list[Row]:
+    """Crawlers: thousands of views in one day from each of spec.n_bots() accounts."""
+    n = spec.bot_events_per_day * spec.n_bots()
+    return [(f"bot{k % spec.n_bots():03d}", live_ids[k % len(live_ids)], "view", day_start + k * 30 % 86_000,
+             f"bot-{day}") for k in range(n)]  # fmt: skip
+
+
+def _events_table(good: tuple[np.ndarray, ...], extra: list[Row]) -> pa.Table:
+    """The day's event partition: the good rows, then the extra (bad and bot) rows."""
+    cols = [np.concatenate([g, np.array([r[k] for r in extra], dtype=object)]) for k, g in enumerate(good)]
+    ts = np.concatenate([good[3], np.array([r[3] for r in extra], dtype=np.float64)])
+    return pa.table({
+        "user_id": pa.array(cols[0], type=pa.string()), "item_id": pa.array(cols[1], type=pa.string()),
+        "event_type": pa.array(cols[2], type=pa.string()),
+        "ts": pa.array((ts * 1e6).astype(np.int64), type=pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        "session_id": pa.array(cols[4], type=pa.string()),
+    })  # fmt: skip
