@@ -50,7 +50,8 @@ def spark_features(cfg, run_date: dt.date, src: Path, out: Path) -> dict[str, fl
     times["item_stats"] = time.time() - t
     t = time.time()
     seqs = spark.read.parquet(str(out / "sequences"))
-    cov = agg.covisitation(seqs, cfg.retrieve.covis_window, cfg.retrieve.covis_neighbors)
+    rc = cfg.retrieve
+    cov = agg.covisitation(seqs, rc.covis_window, rc.covis_neighbors, rc.covis_backward)
     agg._write(cov, str(out / "covisitation"))
     times["covisitation"] = time.time() - t
     inter.unpersist()
@@ -101,14 +102,18 @@ def duckdb_features(cfg, run_date: dt.date, src: Path, out: Path, threads: int) 
         ) TO '{out}/item_stats.parquet' (FORMAT parquet)""")
     times["item_stats"] = time.time() - t
     t = time.time()
-    w, n = cfg.retrieve.covis_window, cfg.retrieve.covis_neighbors
+    w, n, back = cfg.retrieve.covis_window, cfg.retrieve.covis_neighbors, float(cfg.retrieve.covis_backward)
     con.execute(f"""
         COPY (
           WITH ex AS (SELECT user_id, unnest(items) AS item, generate_subscripts(items, 1) AS pos
                       FROM read_parquet('{out}/sequences.parquet')),
-          pairs AS (SELECT a.item AS item_id, b.item AS neighbor_id, sum(1.0::DOUBLE / (b.pos - a.pos)) AS score
-                    FROM ex a JOIN ex b ON a.user_id = b.user_id AND b.pos > a.pos AND b.pos <= a.pos + {w}
-                    WHERE a.item <> b.item GROUP BY ALL)
+          fwd AS (SELECT a.item AS item_id, b.item AS neighbor_id, sum(1.0::DOUBLE / (b.pos - a.pos)) AS score
+                  FROM ex a JOIN ex b ON a.user_id = b.user_id AND b.pos > a.pos AND b.pos <= a.pos + {w}
+                  WHERE a.item <> b.item GROUP BY ALL),
+          kept AS (SELECT * FROM fwd QUALIFY row_number() OVER (PARTITION BY item_id ORDER BY score DESC, neighbor_id) <= {n}),
+          pairs AS (SELECT item_id, neighbor_id, sum(score) AS score FROM (
+                      SELECT * FROM kept UNION ALL
+                      SELECT neighbor_id, item_id, score * {back} FROM kept WHERE {back} > 0) GROUP BY ALL)
           SELECT item_id, neighbor_id, score,
                  CAST(row_number() OVER (PARTITION BY item_id ORDER BY score DESC, neighbor_id) AS INTEGER) AS rank
           FROM pairs QUALIFY rank <= {n}

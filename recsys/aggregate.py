@@ -337,10 +337,12 @@ def item_stats(inter: DataFrame, catalog: DataFrame, cutoff: dt.date, trending_d
     )
 
 
-def covisitation(seqs: DataFrame, window: int, top_n: int) -> DataFrame:
-    """Directed "what follows" co-occurrence: b after a within `window` steps of one
-    user's sequence scores 1/distance; summed over users, top_n neighbours per item."""
-    from pyspark.sql import Window
+def covisitation(seqs: DataFrame, window: int, top_n: int, backward: float = 0.0) -> DataFrame:
+    """Co-occurrence of what follows: b after a within `window` steps of one user's
+    sequence scores 1/distance; summed over users, top_n neighbours per item. backward
+    > 0 then reads each kept pair both ways: a's list also gets b -> a at backward x its
+    score, and the lists are cut to top_n again (on the kept pairs, not on every pair:
+    a shuffle of items x top_n rows instead of a second one over every step's pairs)."""
     from pyspark.sql import functions as F
 
     # Pairs straight from each user's array (offsets 1..window), one row in, its pairs
@@ -353,10 +355,26 @@ def covisitation(seqs: DataFrame, window: int, top_n: int) -> DataFrame:
         "i -> named_struct('item_id', items[i], 'neighbor_id', items[i + d], 'w', 1.0D / d)), array())))"
     )
     ex = seqs.select(F.explode(pairs).alias("p")).select("p.*").where(F.col("item_id") != F.col("neighbor_id"))
+    top = _top_neighbors(ex, top_n)
+    if backward > 0:
+        swapped = top.select(F.col("neighbor_id").alias("item_id"), F.col("item_id").alias("neighbor_id"),
+                             (F.col("score") * float(backward)).alias("w"))  # fmt: skip
+        top = _top_neighbors(
+            top.select("item_id", "neighbor_id", F.col("score").alias("w")).unionByName(swapped), top_n
+        )
+    return top
+
+
+def _top_neighbors(pairs: DataFrame, top_n: int) -> DataFrame:
+    """(item_id, neighbor_id, w) rows -> each item's top_n neighbours by summed w:
+    (item_id, neighbor_id, score, rank), ties by neighbour id."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
     # Rounded: a float sum depends on the order rows arrive in, which the partitioning
     # sets, and 1e-11 apart broke ties between equal scores (1 + 1/3 vs 1/3 + 1) at the
     # top_n boundary differently from run to run (182 of 1.8M pairs at 100k users).
-    scored = ex.groupBy("item_id", "neighbor_id").agg(F.round(F.sum("w"), 9).alias("score"))
+    scored = pairs.groupBy("item_id", "neighbor_id").agg(F.round(F.sum("w"), 9).alias("score"))
     w = Window.partitionBy("item_id").orderBy(F.col("score").desc(), F.col("neighbor_id"))
     return (
         scored.withColumn("rank", F.row_number().over(w))
@@ -642,7 +660,8 @@ def write_split(cfg: Config, rd: RunDir, name: str, ev: DataFrame, cutoff: dt.da
     secs["sequences"], t = round(time.time() - t, 1), time.time()
     _write(item_stats(ev, catalog, cutoff, cfg.retrieve.trending_days), out("item_stats"))
     secs["item_stats"], t = round(time.time() - t, 1), time.time()
-    _write(covisitation(seqs, cfg.retrieve.covis_window, cfg.retrieve.covis_neighbors), out("covisitation"))
+    rc = cfg.retrieve
+    _write(covisitation(seqs, rc.covis_window, rc.covis_neighbors, rc.covis_backward), out("covisitation"))
     secs["covisitation"], t = round(time.time() - t, 1), time.time()
     _write(exclusions(ev, cfg.events.exclude_policy, cutoff), out("exclusions"))
     secs["exclusions"] = round(time.time() - t, 1)

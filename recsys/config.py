@@ -273,6 +273,21 @@ class RetrieveConfig(_Section):
     covis_neighbors: int = Field(default=50, ge=1)
     covis_window: int = Field(default=3, ge=1)
     covis_anchors: int = Field(default=3, ge=1)
+    # Co-visitation reads each kept pair both ways: b after a also adds b -> a at
+    # covis_backward x the pair's score (0 = "what follows" only). The pairs are read
+    # both ways after each item's list is cut to covis_neighbors, so the extra Spark work
+    # is a shuffle of items x covis_neighbors rows, not of every step's pairs (at 1M
+    # users 146.1 -> 164.6 s per split, docs/benchmarks.md). Measured
+    # (the same model and run directory, only the co-visitation tables rewritten; NDCG@10
+    # at 0 -> 0.5): ml-latest-small outside view, the source 0.0608 -> 0.0659, ranked
+    # 0.0621 -> 0.0675, homepage 0.0622 -> 0.0663; synthetic shop (7-day holdout), the
+    # source 0.1447 -> 0.1550, ranked 0.2349 -> 0.2361, homepage 0.2309 -> 0.2324; its
+    # 1,700 most-rated movies (offline replica of the source) 0.0824 -> 0.0866. Ratings
+    # entered in one sitting and shop sessions both carry little order between
+    # neighbouring steps. 1.0 (symmetric) read 0.0644 offline on ml-latest-small with 5
+    # anchors, 0.5 0.0684; covis_anchors 5 lifted the source to 0.0674 but not the lists
+    # (ranked 0.0666), so it stays 3.
+    covis_backward: float = Field(default=0.5, ge=0)
     trending_days: int = Field(default=7, ge=1)
     new_item_days: int = Field(default=14, ge=1)
     per_source_k: int = Field(default=50, ge=1)

@@ -450,14 +450,15 @@ def search_index(ctx: Context, index: VectorIndex, index_rows: np.ndarray, users
 
 
 class CovisitationSource:
-    """What followed the user's most recent items (anchors), decayed by anchor recency."""
+    """What was viewed next to the user's most recent items (anchors; mostly after them,
+    see retrieve.covis_backward), decayed by anchor recency."""
 
     name = "covisitation"
 
     @staticmethod
     def reason(anchor: str) -> str:
         """The reason shown on a slot this source filled (anchor: its title or category)."""
-        return f"Often viewed after {anchor}"
+        return f"Often viewed with {anchor}"
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx

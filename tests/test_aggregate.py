@@ -160,6 +160,16 @@ def test_covisitation_directed_with_distance_decay(spark):
     assert got == {("a", "b"): (2.0, 1), ("a", "c"): (1.5, 2), ("b", "c"): (1.0, 1), ("c", "a"): (1.0, 1)}
     top1 = {(r.item_id, r.neighbor_id) for r in covisitation(seqs, window=2, top_n=1).collect()}
     assert top1 == {("a", "b"), ("b", "c"), ("c", "a")}
+    # backward 0.5: each kept pair also scores b -> a at 0.5 x its score: b->a 0.5 x 2,
+    # c->a 1 + 0.5 x 1.5, c->b 0.5 x 1, a->c 1.5 + 0.5 x 1 (c->a). Ties rank by neighbour id.
+    both = {(r.item_id, r.neighbor_id): (r.score, r["rank"]) for r in covisitation(seqs, 2, 5, 0.5).collect()}
+    assert both == {("a", "b"): (2.0, 1), ("a", "c"): (2.0, 2), ("b", "a"): (1.0, 1), ("b", "c"): (1.0, 2),
+                    ("c", "a"): (1.75, 1), ("c", "b"): (0.5, 2)}  # fmt: skip
+    # Read both ways after the cut: the forward top 1 is a->b 2, b->c 1, c->a 1 (a->c 1.5
+    # cut), so c->a is 1 + nothing (not 1.75), b gets a 0.5 x 2 = 1.0 tying c (a first)
+    # and a's list a->b 2 beats a->c 0.5 x 1.
+    both1 = {(r.item_id, r.neighbor_id): r.score for r in covisitation(seqs, 2, 1, 0.5).collect()}
+    assert both1 == {("a", "b"): 2.0, ("b", "a"): 1.0, ("c", "a"): 1.0}
 
 
 def test_item_stats_exclusions_holdout(spark):
