@@ -6,8 +6,8 @@ Loads the run's pages (slates.parquet: user_id, sections JSON text) into a fresh
 database three ways, in the same run: the reference layout (the partition key filled
 into every row by the COPY, scores at 6 decimals: this product before), the publish
 stage's own load (recsys.publish.db.load_tables), and the same pages with each slot
-field dropped in turn, to show what each costs as compressed jsonb. Prints Markdown
-tables. The reference keeps the pages' scores as written: give it the slates of a run
+field dropped in turn, to show what each costs as compressed jsonb, and under other
+column types and compressions (STORAGE). Prints Markdown tables. The reference keeps the pages' scores as written: give it the slates of a run
 made before recsys.rerank.page_score (6 decimals) for the before/after comparison.
 """
 
@@ -80,6 +80,27 @@ def jsonb_size(c, pages: list[str]) -> float:  # type: ignore[no-untyped-def]
     return float(c.exec_driver_sql("SELECT avg(pg_column_size(sections)) FROM w").scalar_one())
 
 
+# (label, column type, compression, toast_tuple_target or None): the same pages in each.
+STORAGE = [("jsonb, pglz (ours)", "jsonb", "pglz", None), ("jsonb, lz4", "jsonb", "lz4", None),
+           ("json (text), pglz", "json", "pglz", None), ("json (text), lz4", "json", "lz4", None),
+           ("jsonb, pglz, toast_tuple_target 1200 (pages out of line)", "jsonb", "pglz", 1200)]  # fmt: skip
+
+
+def storage_sizes(c, rows: list[tuple[str, str]]) -> dict[str, dict[str, float]]:  # type: ignore[no-untyped-def]
+    """The pages under each STORAGE layout: created, loaded, keyed, measured, dropped."""
+    out = {}
+    for label, typ, comp, target in STORAGE:
+        c.exec_driver_sql("DROP TABLE IF EXISTS st")
+        c.exec_driver_sql(f"CREATE TABLE st (user_id text NOT NULL, sections {typ} COMPRESSION {comp} NOT NULL)")
+        if target:
+            c.exec_driver_sql(f"ALTER TABLE st SET (toast_tuple_target = {target})")
+        copy(c, "st", rows)
+        c.exec_driver_sql("ALTER TABLE st ADD PRIMARY KEY (user_id)")
+        out[label] = sizes(c, "st", len(rows))
+    c.exec_driver_sql("DROP TABLE st")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("slates", type=Path)
@@ -100,6 +121,7 @@ def main() -> None:
             fields = {f: jsonb_size(c, [without(s, f) for s in sample]) for f in
                       ("score", "reason", "item_id", "source", "anchor")}  # fmt: skip
             whole = jsonb_size(c, sample)
+            storage = storage_sizes(c, ours_rows)
     print(f"{len(rows):,} pages of {args.slates}, {slots:.1f} slots per page\n")
     print(
         "| layout | bytes per user (table + key) | heap | rows per 8 KB page | jsonb per page |\n|---|---:|---:|---:|---:|"
@@ -111,6 +133,11 @@ def main() -> None:
     print(f"| none | {whole:,.0f} | - |")
     for f, v in fields.items():
         print(f"| {f} | {v:,.0f} | {whole - v:,.0f} |")
+    print(
+        "\n| `sections` column (ours) | heap B per user | total B per user | rows per 8 KB page |\n|---|---:|---:|---:|"
+    )
+    for label, s in storage.items():
+        print(f"| {label} | {s['heap']:,.0f} | {s['total']:,.0f} | {s['rows_per_page']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from recsys import jsonio
 from recsys.config import Config
 from recsys.evaluation.metrics import ndcg_at_k
 from recsys.progress import Progress
-from recsys.retrieve import RANKER_SOURCES, Context, blend, generate_all, load_context
+from recsys.retrieve import RANKER_SOURCES, Context, blend, generate_all, load_context, run_positions, source_labels
 from recsys.rundir import RunDir
 from recsys.shards import PartReader, PartWriter, batches, existing_part, part_path
 
@@ -127,9 +127,7 @@ def wide_candidates(cands: pd.DataFrame) -> pd.DataFrame:
         mask[pair_of_row[hit]] |= 1 << j  # a repeated pair sets the same bit: no np.unique (a third of this function)
     out["n_sources"] = np.diff(np.r_[start, len(order)])
     out["source"] = cands["source"].to_numpy()[first]
-    labels = np.array([",".join(n for j, n in enumerate(names) if m >> j & 1) for m in range(1 << len(names))],
-                      dtype=object)  # fmt: skip
-    out["sources"] = labels[mask]
+    out["sources"] = source_labels(mask, names)
     out["anchor"] = cands["anchor"].fillna("").to_numpy()[first] if "anchor" in cands else ""
     return out
 
@@ -782,9 +780,7 @@ def top_k_per_user(pairs: pd.DataFrame, k: int) -> pd.DataFrame:
     columns, 4.5x faster on 400k pairs (2,000 users x 200)."""
     u = pd.factorize(pairs["user_id"].to_numpy())[0]  # [P] codes in order of appearance
     order = np.lexsort((-pairs["score"].to_numpy(np.float64), u))  # stable: item order breaks ties
-    u_sorted = u[order]
-    start = np.flatnonzero(np.r_[True, u_sorted[1:] != u_sorted[:-1]])  # [U] first row of each user
-    rank = np.arange(len(order)) - np.repeat(start, np.diff(np.r_[start, len(order)])) + 1  # [P]
+    rank = run_positions(u[order])  # [P]
     keep = rank <= k
     return pairs.iloc[order[keep]].assign(rank=rank[keep]).reset_index(drop=True)
 

@@ -815,28 +815,60 @@ SOURCES: dict[str, Any] = {
 }
 # The sources the ranker (and its fallback, the blend) orders, in registry order.
 RANKER_SOURCES = [name for name, cls in SOURCES.items() if getattr(cls, "feeds_ranker", True)]
+BLEND_COLUMNS = ["user_id", "item_id", "rank", "score", "source", "sources", "anchor"]
 
 
 def blend(cands: pd.DataFrame, weights: dict[str, float], rrf_k: float, k: int) -> pd.DataFrame:
     """Weighted reciprocal-rank fusion: score = sum_s w_s / (rrf_k + rank_s).
 
-    Returns user_id, item_id, rank (1..), score, source (the largest contributor),
-    sources (every contributor, comma-separated), anchor (of the largest contributor).
+    Returns user_id, item_id, rank (1..), score, source (the largest contributor; ties to
+    the alphabetically first), sources (every contributor, comma-separated, sorted),
+    anchor (of the largest contributor), sorted by user then rank. Sources of weight 0
+    do not contribute. Vectorised over integer keys like recsys.rank.wide_candidates:
+    a pandas groupby with a join per pair was 42% of the evaluate stage (20,000 users).
     """
-    if cands.empty:
-        return pd.DataFrame(columns=["user_id", "item_id", "rank", "score", "source", "sources", "anchor"])
-    c = cands.copy()
-    c["w"] = c["source"].map(weights).fillna(0.0)
-    c = c[c["w"] > 0]
-    c["contrib"] = c["w"] / (rrf_k + c["source_rank"])
-    c = c.sort_values(["user_id", "item_id", "contrib", "source"], ascending=[True, True, False, True])
-    g = c.groupby(["user_id", "item_id"], sort=False)
-    out = g.agg(score=("contrib", "sum"), source=("source", "first"), anchor=("anchor", "first"))
-    out["sources"] = g["source"].agg(lambda s: ",".join(sorted(s)))
-    out = out.reset_index().sort_values(["user_id", "score", "item_id"], ascending=[True, False, True])
-    out["rank"] = out.groupby("user_id").cumcount() + 1
-    out = out[out["rank"] <= k]
-    return out[["user_id", "item_id", "rank", "score", "source", "sources", "anchor"]].reset_index(drop=True)
+    w = cands["source"].map(weights).fillna(0.0).to_numpy(np.float64) if len(cands) else np.zeros(0)
+    c = cands[w > 0]
+    if c.empty:
+        return pd.DataFrame(columns=BLEND_COLUMNS)
+    w = w[w > 0]
+    contrib = w / (rrf_k + c["source_rank"].to_numpy(np.float64))  # [R]
+    u_code, u_uniq = pd.factorize(c["user_id"], sort=True)  # codes in string order
+    i_code, i_uniq = pd.factorize(c["item_id"], sort=True)
+    names = sorted(set(c["source"]))
+    s_code = pd.Categorical(c["source"], categories=names).codes.astype(np.int64)  # [R]
+    key = u_code.astype(np.int64) * len(i_uniq) + i_code
+    order = np.lexsort((s_code, -contrib, key))  # per pair: the largest contributor first
+    key_o = key[order]
+    start = np.flatnonzero(np.r_[True, key_o[1:] != key_o[:-1]])  # [P] first row of each pair
+    score = np.add.reduceat(contrib[order], start)  # [P] summed largest first
+    mask = np.bitwise_or.reduceat(np.left_shift(1, s_code[order]), start)  # [P] contributors as bits
+    first = order[start]  # [P] the largest contributor's row
+    # User, then score down, then item. Scores are ordered at 12 decimals (they are
+    # sums of w / (rrf_k + rank) ~ 1e-3..1): sums equal in exact arithmetic, summed in
+    # another order, tie and go to the lower item id, not to a last-bit difference.
+    top = np.lexsort((i_code[first], -np.round(score, 12), u_code[first]))
+    rank = run_positions(u_code[first][top])  # [P]
+    sel = top[rank <= k]  # pairs kept, in output order
+    rows = first[sel]
+    return pd.DataFrame({
+        "user_id": u_uniq[u_code[rows]], "item_id": i_uniq[i_code[rows]], "rank": rank[rank <= k],
+        "score": score[sel], "source": c["source"].to_numpy()[rows], "sources": source_labels(mask[sel], names),
+        "anchor": c["anchor"].fillna("").to_numpy()[rows] if "anchor" in c else "",
+    })  # fmt: skip
+
+
+def run_positions(codes: np.ndarray) -> np.ndarray:
+    """[n] 1-based position of each element in its run of equal codes (codes sorted)."""
+    start = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])[: len(codes)]
+    return np.arange(len(codes)) - np.repeat(start, np.diff(np.r_[start, len(codes)])) + 1
+
+
+def source_labels(mask: np.ndarray, names: list[str]) -> np.ndarray:
+    """[n] comma-separated names of the bits set in each mask (bit j = names[j])."""
+    masks, inv = np.unique(mask, return_inverse=True)
+    labels = np.array([",".join(n for j, n in enumerate(names) if m >> j & 1) for m in masks.tolist()], dtype=object)
+    return labels[inv.reshape(-1)]
 
 
 def generate_all(ctx: Context, users: list[str], k: int | None = None) -> pd.DataFrame:

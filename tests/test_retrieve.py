@@ -126,6 +126,28 @@ def test_blend_by_hand():
     assert out.iloc[0]["anchor"] == "x"
 
 
+def test_blend_ties_weights_and_cut():
+    """Two users, three sources. u1: b gets 1/10 + 1/5 (s1 rank 10, s2 rank 5) and a gets
+    0.3 x 1/1 (s3): equal in exact arithmetic, but 0.1 + 0.2 = 0.30000000000000004 in
+    floats, so the tie rule (lower item id first) decides, not the last bit. s0 has
+    weight 0: its item z is in no list. k = 2 cuts u1's third item (c, 1/20)."""
+    c = pd.DataFrame({
+        "user_id": ["u1", "u1", "u1", "u1", "u1", "u0", "u0"],
+        "item_id": ["b", "b", "a", "c", "z", "y", "x"],
+        "score": [0.0] * 7,
+        "source": ["s1", "s2", "s3", "s1", "s0", "s1", "s2"],
+        "source_rank": [10, 5, 1, 20, 1, 1, 1],
+        "anchor": ["p", "q", "", "", "", "", ""],
+    })  # fmt: skip
+    out = blend(c, {"s0": 0.0, "s1": 1.0, "s2": 1.0, "s3": 0.3}, rrf_k=0.0, k=2)
+    # u0: x 1/1 from s2 and y 1/1 from s1 tie: x first. u1: a and b tie: a first.
+    assert out[["user_id", "item_id", "rank", "source", "sources", "anchor"]].values.tolist() == [
+        ["u0", "x", 1, "s2", "s2", ""], ["u0", "y", 2, "s1", "s1", ""],
+        ["u1", "a", 1, "s3", "s3", ""], ["u1", "b", 2, "s2", "s1,s2", "q"]]  # fmt: skip
+    assert out["score"].tolist() == pytest.approx([1.0, 1.0, 0.3, 0.3])
+    assert blend(c[c["source"] == "s0"], {"s0": 0.0}, 0.0, 5).empty
+
+
 def test_text_known_sources_split_the_items_without_history():
     """tiny_context: i0 (2 events) and i1 (1 event) are old, i2 (0 events) arrived 10
     days before the cutoff, i3 has 5 events. The user vector is i0's axis."""

@@ -22,6 +22,7 @@ the best baseline on gate_metric, and with the previous run.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -50,8 +51,16 @@ class GateFailed(RuntimeError):
 
 
 def _lists(df: pd.DataFrame, rank_col: str) -> dict[str, list[str]]:
-    df = df.sort_values(["user_id", rank_col], kind="stable")
-    return {u: g["item_id"].tolist() for u, g in df.groupby("user_id", sort=False)}
+    """user -> item ids in rank_col order (ties in row order), users sorted. One stable
+    sort on integer codes and list slices: a pandas group per user was 6% of the stage."""
+    if df.empty:
+        return {}
+    u_code, users = pd.factorize(df["user_id"], sort=True)
+    order = np.lexsort((df[rank_col].to_numpy(), u_code))
+    items = df["item_id"].to_numpy()[order].tolist()
+    u_sorted = u_code[order]
+    bounds = [*np.flatnonzero(np.r_[True, u_sorted[1:] != u_sorted[:-1]]).tolist(), len(items)]
+    return {users[u_sorted[a]]: items[a:b] for a, b in itertools.pairwise(bounds)}
 
 
 def previous_metrics(cfg: Config, rd: RunDir) -> dict[str, Any] | None:

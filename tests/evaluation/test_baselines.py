@@ -66,3 +66,14 @@ def test_evaluation_context_of_the_evaluated_users_gives_the_same_lists(tiny_run
     assert "ease" in a and a.keys() == b.keys()
     for name in a:
         assert a[name] == b[name], name
+
+
+def test_lists_orders_each_user_by_rank_ties_in_row_order():
+    from recsys.evaluation.evaluate import _lists
+
+    df = pd.DataFrame({"user_id": ["b", "a", "b", "a", "a"], "item_id": ["x", "p", "y", "q", "r"],
+                       "rank": [2, 3, 1, 1, 3]})  # fmt: skip
+    out = _lists(df, "rank")
+    assert list(out) == ["a", "b"]  # users sorted
+    assert out == {"a": ["q", "p", "r"], "b": ["y", "x"]}  # p before r: equal rank, row order
+    assert _lists(df.iloc[:0], "rank") == {}
