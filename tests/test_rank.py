@@ -270,6 +270,33 @@ def test_batched_pair_features_equal_the_whole_batch():
     assert empty.shape == (0, len(names)) and names0 == names
 
 
+def test_distinct_users_read_off_sorted_runs_and_equal_np_unique_otherwise():
+    from recsys.rank import distinct_users
+
+    runs = np.array(["a", "a", "b", "c", "c", "c"], dtype=object)  # wide_candidates' order
+    users, pos = distinct_users(runs)
+    assert users.tolist() == ["a", "b", "c"] and pos.tolist() == [0, 0, 1, 2, 2, 2]
+    # Not one sorted run per user (a user twice, or runs out of order): np.unique's answer.
+    for u in (["b", "b", "a", "b"], ["c", "a", "a"]):
+        arr = np.array(u, dtype=object)
+        want_u, want_pos = np.unique(arr, return_inverse=True)
+        got_u, got_pos = distinct_users(arr)
+        assert got_u.tolist() == want_u.tolist() and got_pos.tolist() == want_pos.tolist()
+    empty_u, empty_pos = distinct_users(runs[:0])
+    assert len(empty_u) == 0 and empty_pos.dtype == np.int64 and len(empty_pos) == 0
+
+
+def test_pair_features_are_row_major_float32_for_lightgbm():
+    """LightGBM's predict reads a C-contiguous float32 block without a copy; the matrix is
+    filled column-major, so its layout is checked, and each column holds its feature."""
+    pairs = wide_candidates(cands([("u0", "i2", 5.0, "covisitation", 1, "i1"), ("u0", "i1", 1.0, "two_tower", 1, "")]))
+    X, names = pair_features(FeatureSpace.build(tiny_context()), pairs, recent=3)
+    assert X.dtype == np.float32 and X.flags["C_CONTIGUOUS"] and X.shape == (2, len(names))
+    i2 = pairs["item_id"].tolist().index("i2")
+    assert X[i2, names.index("covisitation_score")] == 5.0 and np.isnan(X[1 - i2, names.index("covisitation_score")])
+    assert X[1 - i2, names.index("two_tower_score")] == 1.0
+
+
 def test_per_user_dots_equal_each_pair_computed_alone():
     """Pairs in any order, users with different numbers of pairs (one with none)."""
     from recsys.rank import per_user_dots
