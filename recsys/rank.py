@@ -115,6 +115,7 @@ def wide_candidates(cands: pd.DataFrame) -> pd.DataFrame:
     first = order[start]
     out = pd.DataFrame({"user_id": u_uniq[u_code[first]], "item_id": i_uniq[i_code[first]]})
     score = cands["score"].to_numpy(np.float64)[order]
+    rank_o = rank[order]  # gathered once, not once per source
     src_o = s_code[order]
     mask = np.zeros(len(start), dtype=np.int64)
     for name in RANKER_SOURCES:  # columns in registry order (the ranker's feature order)
@@ -122,7 +123,7 @@ def wide_candidates(cands: pd.DataFrame) -> pd.DataFrame:
         col_s, col_r = np.full(len(start), np.nan), np.full(len(start), np.nan)
         hit = src_o == j
         col_s[pair_of_row[hit]] = score[hit]
-        col_r[pair_of_row[hit]] = rank[order][hit]
+        col_r[pair_of_row[hit]] = rank_o[hit]
         out[f"{name}_score"], out[f"{name}_rank"] = col_s, col_r
         mask[pair_of_row[hit]] |= 1 << j  # a repeated pair sets the same bit: no np.unique (a third of this function)
     out["n_sources"] = np.diff(np.r_[start, len(order)])

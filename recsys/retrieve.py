@@ -866,6 +866,10 @@ def run_positions(codes: np.ndarray) -> np.ndarray:
 
 def source_labels(mask: np.ndarray, names: list[str]) -> np.ndarray:
     """[n] comma-separated names of the bits set in each mask (bit j = names[j])."""
+    if len(names) <= 12:  # a label for every possible mask, looked up (no sort of the n masks)
+        table = np.array([",".join(n for j, n in enumerate(names) if m >> j & 1) for m in range(1 << len(names))],
+                         dtype=object)  # fmt: skip
+        return table[np.asarray(mask, dtype=np.int64)]
     masks, inv = np.unique(mask, return_inverse=True)
     labels = np.array([",".join(n for j, n in enumerate(names) if m >> j & 1) for m in masks.tolist()], dtype=object)
     return labels[inv.reshape(-1)]

@@ -148,6 +148,18 @@ def test_blend_ties_weights_and_cut():
     assert blend(c[c["source"] == "s0"], {"s0": 0.0}, 0.0, 5).empty
 
 
+def test_source_labels_by_hand_with_few_and_many_sources():
+    """Bit j of a mask names names[j]; a lookup table for a registry of a few sources and
+    np.unique for a long one give the same labels."""
+    from recsys.retrieve import source_labels
+
+    names = ["a", "b", "c"]
+    assert source_labels(np.array([0b101, 0b010, 0b101, 0b111, 0]), names).tolist() == ["a,c", "b", "a,c", "a,b,c", ""]
+    assert len(source_labels(np.zeros(0, dtype=np.int64), names)) == 0
+    many = [f"s{j:02d}" for j in range(14)]
+    assert source_labels(np.array([1 << 13 | 1, 2]), many).tolist() == ["s00,s13", "s01"]
+
+
 def test_text_known_sources_split_the_items_without_history():
     """tiny_context: i0 (2 events) and i1 (1 event) are old, i2 (0 events) arrived 10
     days before the cutoff, i3 has 5 events. The user vector is i0's axis."""
