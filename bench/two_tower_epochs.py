@@ -6,6 +6,7 @@ picks the epoch, on a run directory `bench/quality.py movielens` left behind.
     python bench/two_tower_epochs.py --work /tmp/q --epochs 16 --seeds 1,2,3   # a seed ensemble
     python bench/next_item.py contract --data DIR --work /tmp/n   # once: the outside view's run
     python bench/two_tower_epochs.py --next-item /tmp/n/contract --epochs 30   # scored on its targets
+    python bench/two_tower_epochs.py --next-item /tmp/n/movielens --fit --seeds 42,43,44   # as the night fits them
 
 Trains exactly as the train stage does (same setup, same epochs, the ranker's split) but
 for a fixed number of epochs, and after each prints the loss, the validation Recall@20
@@ -51,6 +52,9 @@ def main() -> None:
     ap.add_argument("--date", default="2018-09-25", help="the run's logical date")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--seeds", default="", help="comma-separated seeds: an ensemble, one model per seed")
+    ap.add_argument("--fit", action="store_true",
+                    help="with --seeds: each member trained as the train stage does (early stopping, "
+                         "train.max_epochs at most), then the members and the ensemble scored once")  # fmt: skip
     ap.add_argument("--next-item", type=Path, default=None,
                     help="a bench/next_item.py work folder (WORK/DATASET): its run, scored on its removed items")  # fmt: skip
     a = ap.parse_args()
@@ -75,6 +79,8 @@ def main() -> None:
     rd = RunDir(cfg, date)
     if ho is None:
         ho = pq.read_table(rd.require("features", "holdout"), columns=["user_id", "item_id"]).to_pandas()
+    if a.seeds and a.fit:
+        return fitted(cfg, rd, [int(x) for x in a.seeds.split(",")], state, ho)
     if a.seeds:
         return ensemble(cfg, rd, [int(x) for x in a.seeds.split(",")], a.epochs, state, ho)
     tr, _, catalog, _ = T._setup(cfg, rd)
@@ -186,6 +192,31 @@ def ensemble(cfg, rd: RunDir, seeds: list[int], epochs: int, state, ho) -> None:
         print(f"| {e} | " + " | ".join(f"{x:.4f}" for x in each + part)
               + f" | {mean:.4f} | {snap:.4f} | {time.time() - t0:.0f} |", flush=True)  # fmt: skip
     stopping_rules(kept, vals, targets, cfg.train.early_stopping_patience)
+
+
+def fitted(cfg, rd: RunDir, seeds: list[int], state, ho) -> None:  # type: ignore[no-untyped-def]
+    """Each seed's model as the train stage fits it (T._fit: early stopping, the best
+    epoch's weights), then each one's test NDCG@10 and the ensemble's (the mean of
+    their scores, what embed serves). Seeds 42,43,44 are the night's three members."""
+    catalog = load_catalog_of(rd)
+    seqs, rows, targets = test_targets(cfg, rd, catalog, state, ho)
+    print(f"{len(rows)} test users; seeds {seeds}")
+    scores, lines = [], []
+    for s in seeds:
+        c = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": s})})
+        t0 = time.time()
+        tr = T._setup(c, rd)[0]
+        fit = T._fit(c, tr)
+        scores.append(masked_scores(c, tr, seqs, rows))
+        lines.append(
+            f"| {s} | {fit['best_epoch']} | {len(fit['history']) - 1} | "
+            f"{fit['best_val_recall@20']:.4f} | {ndcg10(scores[-1], targets):.4f} | {time.time() - t0:.0f} |"
+        )
+        print(lines[-1], flush=True)
+    print("\n| seed | best epoch | epochs run | val Recall@20 | test NDCG@10 | seconds |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    print("\n".join(lines))
+    print(f"| ensemble | | | | {ndcg10(torch.stack(scores).mean(0), targets):.4f} | |")
 
 
 def stopping_rules(kept, vals, targets, default_patience: int) -> None:  # type: ignore[no-untyped-def]
