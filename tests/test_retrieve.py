@@ -181,10 +181,10 @@ def test_text_known_sources_split_the_items_without_history():
     assert LongTailSource(ctx2).generate(["u0"], k=5)["item_id"].tolist() == ["i1"]
 
 
-def test_blocked_mask_matches_each_users_own_exclusions():
+def test_blocked_mask_and_pairs_match_each_users_own_exclusions():
     from types import SimpleNamespace
 
-    from recsys.retrieve import blocked_mask
+    from recsys.retrieve import blocked_mask, blocked_pairs
 
     rng = np.random.default_rng(4)
     n_items, users = 40, [f"u{i}" for i in range(30)]
@@ -199,6 +199,15 @@ def test_blocked_mask_matches_each_users_own_exclusions():
     want = np.array([[r < 0 or not servable[r] or int(r) in excluded[u] for r in rows[i]] for i, u in enumerate(users)])
     np.testing.assert_array_equal(got, want)
     assert want.any() and not want.all()
+    # Pairs with users in any order and repeated (the co-visitation source's (user, item)
+    # rows): each pair judged by its own user's exclusions.
+    pos = rng.integers(0, len(users), size=500)
+    prow = rng.integers(-1, n_items, size=500)
+    pos[:2], prow[:2] = [3, 4], [n_items - 1, 0]  # u3's excluded last row, u4's row 0 beside it
+    got = blocked_pairs(ctx, users, pos, prow)  # type: ignore[arg-type]
+    want = np.array([r < 0 or not servable[r] or int(r) in excluded[users[u]] for u, r in zip(pos, prow, strict=True)])
+    np.testing.assert_array_equal(got, want)
+    assert want[0] and want.any() and not want.all()
 
 
 def test_item_item_is_fitted_once_before_the_shards_and_skipped_for_large_catalogs(tiny_run, tiny_rd):
