@@ -121,14 +121,17 @@ def main() -> None:
     args = ap.parse_args()
     texts = texts_for(args.items, Path(tempfile.mkdtemp()))
     model = enc.TextEncoder(None, 0, args.max_len).eval()
+    # rows: (variant, texts/s, vectors [n, d] or None where they equal another row's)
     ref, r1 = best_of_2(timed, model, texts, True, args.batch)
     rows = [("fp32 torch, length-sorted batches (ours)", r1, ref)]
     rows.append(("fp32 torch, unsorted batches", best_of_2(timed, model, texts, False, args.batch)[1], None))
     q = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-    rows.append(("int8 dynamic (torch.ao), length-sorted", *best_of_2(timed, q, texts, True, args.batch)))
+    out, rate = best_of_2(timed, q, texts, True, args.batch)
+    rows.append(("int8 dynamic (torch.ao), length-sorted", rate, out))
     try:
         ort_model = ort_encoder(model, Path(tempfile.mkdtemp()) / "encoder.onnx")
-        rows.append(("fp32 ONNX Runtime, length-sorted", *best_of_2(timed, ort_model, texts, True, args.batch)))
+        out, rate = best_of_2(timed, ort_model, texts, True, args.batch)
+        rows.append(("fp32 ONNX Runtime, length-sorted", rate, out))
     except ImportError as e:
         print(f"ONNX Runtime row skipped: {e}")
     print(f"texts {len(texts)}, max_len {args.max_len}, batch {args.batch}, torch threads {torch.get_num_threads()}")

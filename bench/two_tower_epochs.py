@@ -216,6 +216,8 @@ def fitted(cfg, rd: RunDir, seeds: list[int], state, ho) -> None:  # type: ignor
     print("\n| seed | best epoch | epochs run | val Recall@20 | test NDCG@10 | seconds |")
     print("|---:|---:|---:|---:|---:|---:|")
     print("\n".join(lines))
+    for k in range(2, len(scores)):
+        print(f"| first {k} | | | | {ndcg10(torch.stack(scores[:k]).mean(0), targets):.4f} | |")
     print(f"| ensemble | | | | {ndcg10(torch.stack(scores).mean(0), targets):.4f} | |")
 
 
