@@ -43,7 +43,8 @@ def spark_features(cfg, run_date: dt.date, src: Path, out: Path) -> dict[str, fl
     times = {}
     t = time.time()
     # The stage's own writer (agg._write), so its file layout is what is measured.
-    agg._write(agg.sequences(inter, run_date, cfg.model.max_history), str(out / "sequences"))
+    codes = agg.item_codes(catalog).cache()
+    agg._write(agg.sequences(inter, run_date, cfg.model.max_history, codes), str(out / "sequences"))
     times["sequences"] = time.time() - t
     t = time.time()
     agg._write(agg.item_stats(inter, catalog, run_date, cfg.retrieve.trending_days), str(out / "item_stats"))
@@ -51,7 +52,7 @@ def spark_features(cfg, run_date: dt.date, src: Path, out: Path) -> dict[str, fl
     t = time.time()
     seqs = spark.read.parquet(str(out / "sequences"))
     rc = cfg.retrieve
-    cov = agg.covisitation(seqs, rc.covis_window, rc.covis_neighbors, rc.covis_backward)
+    cov = agg.coded_covisitation(seqs, codes, rc.covis_window, rc.covis_neighbors, rc.covis_backward)
     agg._write(cov, str(out / "covisitation"))
     times["covisitation"] = time.time() - t
     inter.unpersist()

@@ -6,7 +6,8 @@ without each user's last steps) and "rank" (the models' split without each user'
 rank.label_steps steps, the ranker's training state); see `_splits`):
 - sequences:   user_id, items array<string>, types array<string>, ts array<timestamp>
                (positive events in time order, consecutive repeats of one item collapsed
-               to its strongest event type, last model.max_history steps)
+               to its strongest event type, last model.max_history steps), codes
+               array<int> (the items' item_codes: co-visitation's input, see there)
 - item_stats:  every catalog item with n_events, n_users, pop_score, trend_score,
                first_event_ts, category, created_at, available
 - covisitation: item_id, neighbor_id, score, rank (directed: neighbour follows item)
@@ -272,8 +273,20 @@ def interactions(clean: DataFrame, weights: dict[str, float], min_rating_positiv
     return clean.withColumn("weight", w).withColumn("positive", pos)
 
 
-def sequences(inter: DataFrame, cutoff: dt.date, max_len: int) -> DataFrame:
-    """Each user's positive events before cutoff as ordered arrays (see module doc)."""
+def item_codes(catalog: DataFrame) -> DataFrame:
+    """(item_id, code int): each catalog item's position in item_id order. Codes sort as
+    the ids do, so co-visitation on codes keeps its ties by neighbour id. One partition
+    for the numbering (a window without partitionBy): the catalog, not the events."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    code = (F.row_number().over(Window.orderBy("item_id")) - 1).cast("int")
+    return catalog.select("item_id").distinct().select("item_id", code.alias("code"))
+
+
+def sequences(inter: DataFrame, cutoff: dt.date, max_len: int, codes: DataFrame | None = None) -> DataFrame:
+    """Each user's positive events before cutoff as ordered arrays (see module doc);
+    with codes (item_codes), also the items' codes (an item without one gets null)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -289,15 +302,14 @@ def sequences(inter: DataFrame, cutoff: dt.date, max_len: int) -> DataFrame:
     )
     last = Window.partitionBy("user_id").orderBy(F.col("_run").desc())
     runs = runs.withColumn("_rn", F.row_number().over(last)).where(F.col("_rn") <= max_len)
-    agg = runs.groupBy("user_id").agg(
-        F.sort_array(F.collect_list(F.struct("_run", "item_id", "event_type", "ts"))).alias("_s")
-    )
-    return agg.select(
-        "user_id",
-        F.transform("_s", lambda s: s["item_id"]).alias("items"),
-        F.transform("_s", lambda s: s["event_type"]).alias("types"),
-        F.transform("_s", lambda s: s["ts"]).alias("ts"),
-    )
+    fields = ["_run", "item_id", "event_type", "ts"]
+    if codes is not None:
+        # A broadcast hash join keeps the runs' partitioning by user: no exchange.
+        runs, fields = runs.join(F.broadcast(codes), "item_id", "left"), [*fields, "code"]
+    agg = runs.groupBy("user_id").agg(F.sort_array(F.collect_list(F.struct(*fields))).alias("_s"))
+    arrays = {"items": "item_id", "types": "event_type", "ts": "ts", "codes": "code"}
+    return agg.select("user_id", *(F.expr(f"transform(_s, s -> s.{f})").alias(name)
+                                   for name, f in arrays.items() if f in fields))  # fmt: skip
 
 
 def item_stats(inter: DataFrame, catalog: DataFrame, cutoff: dt.date, trending_days: int) -> DataFrame:
@@ -363,6 +375,26 @@ def covisitation(seqs: DataFrame, window: int, top_n: int, backward: float = 0.0
             top.select("item_id", "neighbor_id", F.col("score").alias("w")).unionByName(swapped), top_n
         )
     return top
+
+
+def coded_covisitation(seqs: DataFrame, codes: DataFrame, window: int, top_n: int, backward: float) -> DataFrame:
+    """covisitation on the sequences' codes (sequences(..., codes)), decoded to ids: the
+    same table, with the pairs' aggregation and ranking hashing and sorting ints, not
+    id strings (at 100k users 8.1 s against 11.6 s a split)."""
+    from pyspark.sql import functions as F
+
+    return decode_items(covisitation(seqs.select(F.col("codes").alias("items")), window, top_n, backward), codes)
+
+
+def decode_items(pairs: DataFrame, codes: DataFrame) -> DataFrame:
+    """Co-visitation computed on item_codes back to ids: (item_id, neighbor_id, score,
+    rank). Both lookups are broadcast joins of the catalog-sized codes."""
+    from pyspark.sql import functions as F
+
+    ids = codes.select(F.col("code").alias("item_id"), F.col("item_id").alias("_item"))
+    nbs = codes.select(F.col("code").alias("neighbor_id"), F.col("item_id").alias("_neighbor"))
+    joined = pairs.join(F.broadcast(ids), "item_id").join(F.broadcast(nbs), "neighbor_id")
+    return joined.select(F.col("_item").alias("item_id"), F.col("_neighbor").alias("neighbor_id"), "score", "rank")
 
 
 def _top_neighbors(pairs: DataFrame, top_n: int) -> DataFrame:
@@ -649,19 +681,20 @@ def rank_labels_by_days(cfg: Config, base: DataFrame, cutoff: dt.date) -> bool:
     return by_days
 
 
-def write_split(cfg: Config, rd: RunDir, name: str, ev: DataFrame, cutoff: dt.date, catalog: DataFrame) -> int:
+def write_split(cfg: Config, rd: RunDir, name: str, ev: DataFrame, cutoff: dt.date, catalog: DataFrame,
+                codes: DataFrame) -> int:  # fmt: skip
     """One split's features (sequences, item_stats, covisitation, exclusions) from its
     events before cutoff; logs each output's seconds; returns the split's user count."""
     spark, out = ev.sparkSession, lambda table: str(rd.path("features", name, table))
     secs: dict[str, float] = {}
     t = time.time()
-    _write(sequences(ev, cutoff, cfg.model.max_history), out("sequences"))
+    _write(sequences(ev, cutoff, cfg.model.max_history, codes), out("sequences"))
     seqs = spark.read.parquet(out("sequences"))
     secs["sequences"], t = round(time.time() - t, 1), time.time()
     _write(item_stats(ev, catalog, cutoff, cfg.retrieve.trending_days), out("item_stats"))
     secs["item_stats"], t = round(time.time() - t, 1), time.time()
     rc = cfg.retrieve
-    _write(covisitation(seqs, rc.covis_window, rc.covis_neighbors, rc.covis_backward), out("covisitation"))
+    _write(coded_covisitation(seqs, codes, rc.covis_window, rc.covis_neighbors, rc.covis_backward), out("covisitation"))
     secs["covisitation"], t = round(time.time() - t, 1), time.time()
     _write(exclusions(ev, cfg.events.exclude_policy, cutoff), out("exclusions"))
     secs["exclusions"] = round(time.time() - t, 1)
@@ -686,6 +719,7 @@ def run_aggregate(cfg: Config, rd: RunDir) -> dict[str, object]:
     # report its partitioning, and every window would shuffle the events again.
     n_events = inter.count()
     _write(catalog, str(rd.path("features", "catalog")), files=1)
+    codes = item_codes(catalog).cache()
     counts: dict[str, object] = {"protocol": cfg.evaluate.protocol if cfg.evaluate.enabled else "none",
                                  "shuffle_partitions": n_shuffle, "events": n_events}  # fmt: skip
     splits, tables, labels = _splits(cfg, inter, run_date)
@@ -698,7 +732,7 @@ def run_aggregate(cfg: Config, rd: RunDir) -> dict[str, object]:
             counts["split_date"] = cutoff.isoformat()
         if name == "rank":
             counts["rank_cutoff"] = cutoff.isoformat()
-        counts[f"{name}_users"] = write_split(cfg, rd, name, ev, cutoff, catalog)
+        counts[f"{name}_users"] = write_split(cfg, rd, name, ev, cutoff, catalog, codes)
         # The date the split's history ends before (its trending / new-arrival windows).
         jsonio.write(rd.path("features", name, "split.json"), {"cutoff": cutoff.isoformat(), "rank_labels_by": labels})
         if ev is not inter:
@@ -707,4 +741,5 @@ def run_aggregate(cfg: Config, rd: RunDir) -> dict[str, object]:
     counts["seconds"] = round(time.time() - t0, 1)
     log.info("aggregate: %s", counts)
     inter.unpersist()
+    codes.unpersist()
     return counts

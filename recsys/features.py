@@ -117,7 +117,7 @@ def load_sequences(
     """Every user's sequence, or only shard (i, n)'s users (recsys.shards) / users'."""
     from recsys.shards import read_table
 
-    t = read_table(path, shard, users=users).sort_by("user_id")
+    t = read_table(path, shard, columns=["user_id", "items", "types", "ts"], users=users).sort_by("user_id")
     items = t.column("items").combine_chunks()
     types = t.column("types").combine_chunks()
     ts = t.column("ts").combine_chunks()

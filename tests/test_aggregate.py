@@ -5,10 +5,12 @@ import datetime as dt
 import pytest
 
 from recsys.aggregate import (
+    coded_covisitation,
     covisitation,
     exclusions,
     holdout,
     interactions,
+    item_codes,
     item_stats,
     sequences,
     validate_catalog,
@@ -170,6 +172,31 @@ def test_covisitation_directed_with_distance_decay(spark):
     # and a's list a->b 2 beats a->c 0.5 x 1.
     both1 = {(r.item_id, r.neighbor_id): r.score for r in covisitation(seqs, 2, 1, 0.5).collect()}
     assert both1 == {("a", "b"): 2.0, ("b", "a"): 1.0, ("c", "a"): 1.0}
+
+
+def test_covisitation_on_item_codes_is_the_same_table(spark):
+    """aggregate pairs items by item_codes (ints in id order) and decodes the table:
+    the same rows as on the ids, ties by neighbour id included (b, c and d tie under a
+    at top 2; the ids sort "b" < "c" < "d" but "10" < "9", so codes must follow the
+    ids' string order, not a number in them)."""
+    catalog = spark.createDataFrame([(i,) for i in ["d", "c", "9", "b", "a", "10", "x"]], "item_id string")
+    codes = item_codes(catalog)
+    assert sorted((r.item_id, r.code) for r in codes.collect()) == [
+        ("10", 0), ("9", 1), ("a", 2), ("b", 3), ("c", 4), ("d", 5), ("x", 6)]  # fmt: skip
+    ev = clean_events(spark, [
+        (u, i, "view", f"2026-11-01T10:{m:02d}:00", None)
+        for u, items in [("u1", "a d"), ("u2", "a c"), ("u3", "a b"), ("u4", "9 10 a 9"), ("u5", "10 9 10")]
+        for m, i in enumerate(items.split())
+    ])  # fmt: skip
+    seqs = sequences(interactions(ev, WEIGHTS, 3.0), D, max_len=10, codes=codes)
+    by_user = {r.user_id: (r.items, r.codes) for r in seqs.collect()}
+    assert by_user["u4"] == (["9", "10", "a", "9"], [1, 0, 2, 1])
+    for top_n, backward in [(2, 0.0), (2, 0.5), (5, 0.5)]:
+        on_ids = covisitation(seqs, 2, top_n, backward)
+        on_codes = coded_covisitation(seqs, codes, 2, top_n, backward)
+        assert sorted(map(tuple, on_codes.collect())) == sorted(map(tuple, on_ids.collect()))
+    # a's neighbours 9 (u4), b, c and d all score 1: the top 2 are the first two ids.
+    assert {r.neighbor_id for r in covisitation(seqs, 2, 2).where("item_id = 'a'").collect()} == {"9", "b"}
 
 
 def test_item_stats_exclusions_holdout(spark):
