@@ -275,41 +275,47 @@ def interactions(clean: DataFrame, weights: dict[str, float], min_rating_positiv
 
 def item_codes(catalog: DataFrame) -> DataFrame:
     """(item_id, code int): each catalog item's position in item_id order. Codes sort as
-    the ids do, so co-visitation on codes keeps its ties by neighbour id. One partition
-    for the numbering (a window without partitionBy): the catalog, not the events."""
+    the ids do, so co-visitation on codes keeps its ties by neighbour id."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    code = (F.row_number().over(Window.orderBy("item_id")) - 1).cast("int")
+    # One partition on purpose (the catalog is small); partitionBy a constant says so
+    # and keeps Spark's warning about a window without partitions out of every night's log.
+    code = (F.row_number().over(Window.partitionBy(F.lit(0)).orderBy("item_id")) - 1).cast("int")
     return catalog.select("item_id").distinct().select("item_id", code.alias("code"))
 
 
 def sequences(inter: DataFrame, cutoff: dt.date, max_len: int, codes: DataFrame | None = None) -> DataFrame:
     """Each user's positive events before cutoff as ordered arrays (see module doc);
     with codes (item_codes), also the items' codes (an item without one gets null)."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    df = inter.where(F.col("positive") & (F.col("ts") < _ts_lit(cutoff)))
-    w = Window.partitionBy("user_id").orderBy("ts", "item_id", "event_type")
-    df = df.withColumn("_prev", F.lag("item_id").over(w))
-    df = df.withColumn("_new", (F.col("_prev").isNull() | (F.col("_prev") != F.col("item_id"))).cast("int"))
-    df = df.withColumn("_run", F.sum("_new").over(w.rowsBetween(Window.unboundedPreceding, 0)))
-    runs = df.groupBy("user_id", "_run").agg(
-        F.first("item_id").alias("item_id"),
-        F.min("ts").alias("ts"),
-        F.max(F.struct("weight", "event_type")).getField("event_type").alias("event_type"),
-    )
-    last = Window.partitionBy("user_id").orderBy(F.col("_run").desc())
-    runs = runs.withColumn("_rn", F.row_number().over(last)).where(F.col("_rn") <= max_len)
-    fields = ["_run", "item_id", "event_type", "ts"]
+    ev = inter.where(F.col("positive") & (F.col("ts") < _ts_lit(cutoff)))
+    fields = ["ts", "item_id", "event_type", "weight"]
     if codes is not None:
-        # A broadcast hash join keeps the runs' partitioning by user: no exchange.
-        runs, fields = runs.join(F.broadcast(codes), "item_id", "left"), [*fields, "code"]
-    agg = runs.groupBy("user_id").agg(F.sort_array(F.collect_list(F.struct(*fields))).alias("_s"))
+        # A broadcast hash join keeps the events' partitioning and order: no exchange.
+        ev, fields = ev.join(F.broadcast(codes), "item_id", "left"), [*fields, "code"]
+    # One aggregation per user, on events already partitioned and sorted by user (by_user),
+    # and the runs collapsed inside each user's array. The windows and group-bys this
+    # replaces sorted every event twice more (by run, then by run descending): 2x slower.
+    # e [E]: the user's events in step order (ts, item_id, event_type); b [R+1]: where
+    # each run of one item starts, then E; the last max_len runs are kept.
+    e = ev.groupBy("user_id").agg(F.sort_array(F.collect_list(F.struct(*fields))).alias("e"))
+    e = e.select("user_id", "e", F.expr(
+        "concat(filter(sequence(0, size(e) - 1), i -> i = 0 OR e[i].item_id != e[i - 1].item_id), array(size(e)))"
+    ).alias("b"))  # fmt: skip
+    # A run is its first event's item, time (and code), and its strongest event type:
+    # the max of (weight, event_type) over its events, as max(struct(...)) ranks them.
+    run = (
+        "named_struct('item_id', e[b[k]].item_id, 'ts', e[b[k]].ts, 'event_type', array_max(transform("
+        "slice(e, b[k] + 1, b[k + 1] - b[k]), x -> named_struct('w', x.weight, 't', x.event_type))).t"
+        + (", 'code', e[b[k]].code)" if codes is not None else ")")
+    )
+    runs = F.expr(f"transform(sequence(greatest(size(b) - 1 - {int(max_len)}, 0), size(b) - 2), k -> {run})")
+    r = e.select("user_id", runs.alias("r"))
     arrays = {"items": "item_id", "types": "event_type", "ts": "ts", "codes": "code"}
-    return agg.select("user_id", *(F.expr(f"transform(_s, s -> s.{f})").alias(name)
-                                   for name, f in arrays.items() if f in fields))  # fmt: skip
+    return r.select("user_id", *(F.expr(f"transform(r, s -> s.{f})").alias(name)
+                                 for name, f in arrays.items() if f != "code" or codes is not None))  # fmt: skip
 
 
 def item_stats(inter: DataFrame, catalog: DataFrame, cutoff: dt.date, trending_days: int) -> DataFrame:

@@ -122,14 +122,24 @@ def test_sequences_collapse_repeats_and_keep_strongest(spark):
         ("u1", "a", "view", "2026-11-01T10:03:00", None),
         ("u1", "c", "rate", "2026-11-01T10:04:00", 1.0),  # below min rating: not positive
         ("u1", "z", "view", "2026-11-25T10:00:00", None),  # after the cutoff
+        # u2: a run of equal weights (add_to_cart 4, rate 4) takes the larger type name,
+        # as max(struct(weight, event_type)) does; events out of order in the input.
+        ("u2", "b", "rate", "2026-11-02T10:01:00", 5.0),
+        ("u2", "b", "add_to_cart", "2026-11-02T10:00:00", None),
+        ("u2", "c", "view", "2026-11-02T09:00:00", None),
+        ("u3", "c", "rate", "2026-11-02T09:00:00", 2.0),  # nothing positive: no row
     ])  # fmt: skip
     inter = interactions(ev, WEIGHTS, min_rating_positive=3.0)
-    rows = sequences(inter, D, max_len=10).collect()
-    assert len(rows) == 1
-    assert rows[0].items == ["a", "b", "a"]
-    assert rows[0].types == ["purchase", "view", "view"]
-    assert rows[0].ts[0] == ts("2026-11-01T10:00:00")
-    assert sequences(inter, D, max_len=2).collect()[0].items == ["b", "a"]
+    rows = {r.user_id: r for r in sequences(inter, D, max_len=10).collect()}
+    assert sorted(rows) == ["u1", "u2"]
+    assert rows["u1"].items == ["a", "b", "a"]
+    assert rows["u1"].types == ["purchase", "view", "view"]
+    assert rows["u1"].ts == [ts("2026-11-01T10:00:00"), ts("2026-11-01T10:02:00"), ts("2026-11-01T10:03:00")]
+    assert (rows["u2"].items, rows["u2"].types) == (["c", "b"], ["view", "rate"])
+    assert rows["u2"].ts[1] == ts("2026-11-02T10:00:00")  # the run's first event
+    short = {r.user_id: r for r in sequences(inter, D, max_len=2).collect()}
+    assert (short["u1"].items, short["u1"].types) == (["b", "a"], ["view", "view"])
+    assert short["u2"].items == ["c", "b"]
 
 
 def test_splits_share_one_shuffle_of_the_events(spark):
