@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from recsys import jsonio
 from recsys.config import Config
@@ -206,6 +205,41 @@ def warm_start(model: TwoTower, item_ids: np.ndarray, prev_path: Path) -> dict[s
     return {"from": str(prev_path), "tensors_copied": copied, "tensors_skipped": skipped, "id_rows_copied": moved}
 
 
+def _target_positions(
+    valid: torch.Tensor,
+    ts: torch.Tensor,
+    n_pos: int,
+    horizon_days: float,
+    rng: np.random.Generator,
+    first: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions (b, t) that have a later step, each with its target step j: the next
+    step when horizon_days == 0, else a uniform step in (t, t_h] where t_h is the last
+    step within horizon_days of t (at least t + 1). n_pos > 0 samples that many positions;
+    0 = all. first [B]: positions before first[b] are context only
+    (recsys.model.data.windows). valid [B, L] bool, ts [B, L] -> b, t, j [P] int64."""
+    v = valid.cpu().numpy()
+    lens = v.sum(1)  # [B]
+    has_next = np.zeros_like(v)
+    has_next[:, :-1] = v[:, 1:]
+    if first is not None:
+        has_next &= np.arange(v.shape[1])[None, :] >= first[:, None]
+    b_idx, t_idx = np.nonzero(has_next)
+    if n_pos and len(b_idx) > n_pos:
+        pick = rng.choice(len(b_idx), n_pos, replace=False)
+        b_idx, t_idx = b_idx[pick], t_idx[pick]
+    if horizon_days > 0 and len(b_idx):
+        ts_np = ts.cpu().numpy()
+        h = int(horizon_days * 86400)
+        hi = np.array([np.searchsorted(ts_np[b, : lens[b]], ts_np[b, t] + h, side="right") - 1
+                       for b, t in zip(b_idx, t_idx, strict=True)])  # fmt: skip
+        hi = np.maximum(hi, t_idx + 1)
+        j_idx = rng.integers(t_idx + 1, hi + 1)
+    else:
+        j_idx = t_idx + 1
+    return b_idx.astype(np.int64), t_idx.astype(np.int64), np.asarray(j_idx, dtype=np.int64)
+
+
 def _positions_and_targets(
     states: torch.Tensor,
     items: torch.Tensor,
@@ -216,34 +250,66 @@ def _positions_and_targets(
     rng: np.random.Generator,
     first: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions (b, t) that have a later step, each with its target: the next step when
-    horizon_days == 0, else a uniform step in (t, t_h] where t_h is the last step within
-    horizon_days of t (at least t + 1). n_pos > 0 samples that many positions; 0 = all.
-    first [B]: positions before first[b] are context only (recsys.model.data.windows).
+    """The states of _target_positions' positions and their targets:
     states [B, L, d], items/ts [B, L] long, valid [B, L] bool -> q [P, d], y [P]."""
-    v = valid.cpu().numpy()
-    lens = v.sum(1)  # [B]
-    has_next = np.zeros_like(v)
-    has_next[:, :-1] = v[:, 1:]
-    if first is not None:
-        has_next &= np.arange(v.shape[1])[None, :] >= first[:, None]
-    b_idx, t_idx = np.nonzero(has_next)
-    if len(b_idx) == 0:
-        return states.new_zeros((0, states.shape[-1])), items.new_zeros(0)
-    if n_pos and len(b_idx) > n_pos:
-        pick = rng.choice(len(b_idx), n_pos, replace=False)
-        b_idx, t_idx = b_idx[pick], t_idx[pick]
-    if horizon_days > 0:
-        ts_np = ts.cpu().numpy()
-        h = int(horizon_days * 86400)
-        hi = np.array([np.searchsorted(ts_np[b, : lens[b]], ts_np[b, t] + h, side="right") - 1
-                       for b, t in zip(b_idx, t_idx, strict=True)])  # fmt: skip
-        hi = np.maximum(hi, t_idx + 1)
-        j_idx = rng.integers(t_idx + 1, hi + 1)
-    else:
-        j_idx = t_idx + 1
-    bt = torch.from_numpy(b_idx).to(items.device)
-    return states[bt, torch.from_numpy(t_idx).to(items.device)], items[bt, torch.from_numpy(j_idx).to(items.device)]
+    b, t, j = (torch.from_numpy(x).to(items.device) for x in _target_positions(valid, ts, n_pos, horizon_days, rng,
+                                                                                first))  # fmt: skip
+    return states[b, t], items[b, j]
+
+
+def covis_table(path: Path, idx: Any, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The night's co-visitation lists as dense rows: neighbours [N, k] long and their
+    scores [N, k] float (0 where a list is shorter), item rows as in idx."""
+    from recsys.retrieve import load_covisitation
+
+    lists = load_covisitation(path, idx)
+    nbr = np.zeros((len(idx), k), dtype=np.int64)
+    val = np.zeros((len(idx), k), dtype=np.float32)
+    for a, (b, sc) in lists.items():
+        nbr[a, : min(k, len(b))], val[a, : min(k, len(b))] = b[:k], sc[:k]
+    return torch.from_numpy(nbr), torch.from_numpy(val)
+
+
+def covis_targets(items: torch.Tensor, valid: torch.Tensor, b: torch.Tensor, t: torch.Tensor, nbr: torch.Tensor,
+                  val: torch.Tensor, anchors: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """What the covisitation source would recommend after position (b, t), as a
+    distribution: the lists of the items at t, t-1, ..., t-anchors+1, each score divided
+    by 1 + steps back, normalised to sum 1 per position (all 0 where no anchor has a
+    list). items [B, L] long, valid [B, L] bool, b/t [P], nbr/val [N, K]
+    -> item rows [P, anchors * K], weights [P, anchors * K]."""
+    cols, ws = [], []
+    for r in range(anchors):
+        tr = (t - r).clamp(min=0)
+        ok = ((t - r) >= 0) & valid[b, tr]  # [P]
+        a = items[b, tr]  # [P]
+        cols.append(nbr[a])
+        ws.append(val[a] * ok[:, None].float() / (1.0 + r))
+    idx, w = torch.cat(cols, 1), torch.cat(ws, 1)  # [P, R*K]
+    return idx, w / w.sum(1, keepdim=True).clamp(min=1e-12)
+
+
+def heaviest(idx: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
+    """The k item rows with the most teacher weight over the batch (idx, w [P, M]): the
+    ones the sampled softmax adds to its candidates, so a batch's candidates grow by at
+    most k, not by every position's lists (P x M rows; 12,800 x 150 at batch 64)."""
+    ok = w > 0
+    items, inv = torch.unique(idx[ok], return_inverse=True)
+    total = torch.zeros(len(items), dtype=w.dtype, device=w.device).index_add_(0, inv, w[ok])
+    return items[total.topk(min(k, len(items))).indices]
+
+
+def distill_loss(logp: torch.Tensor, y: torch.Tensor, soft: tuple[torch.Tensor, torch.Tensor] | None,
+                 alpha: float) -> torch.Tensor:  # fmt: skip
+    """Mean cross-entropy of the targets y [P] under log-probabilities logp [P, C], each
+    position's mixed with alpha x the cross-entropy of its co-visitation distribution
+    (soft: columns [P, M] of logp and weights [P, M] summing to 1, or to 0 where the
+    position has none, which then keeps the plain cross-entropy)."""
+    ce = -logp.gather(1, y[:, None])[:, 0]  # [P]
+    if soft is None:
+        return ce.mean()
+    a = alpha * (soft[1].sum(1) > 0).float()  # [P]
+    distill = -(soft[1] * logp.gather(1, soft[0])).sum(1)  # [P]
+    return ((1 - a) * ce + a * distill).mean()
 
 
 @dataclass
@@ -276,6 +342,9 @@ class Trainer:
     ema: dict[str, torch.Tensor] | None = None
     # Small data (train.refit_max_users): every user validated, a second model follows.
     refit_after: bool = False
+    # train.covis_distill > 0: the co-visitation lists, neighbours [N, K] and scores [N, K].
+    covis: tuple[torch.Tensor, torch.Tensor] | None = None
+    distill: float = 0.0  # its weight in each position's target (covis_distill)
 
     @property
     def n_items(self) -> int:
@@ -330,25 +399,33 @@ class Trainer:
                 assert self.table is not None
                 inp = self.table[items]
             states = model.user(inp, types, gap_buckets(ts, valid), valid)  # [B, L, d]
-        q, y = _positions_and_targets(states, items, ts, valid, tc.positions_per_step, self.horizon(), self.rng,
-                                      first=wins[:, 3])  # fmt: skip
-        if len(y) == 0:
+        b, t, j = (torch.from_numpy(x).to(dev) for x in _target_positions(valid, ts, tc.positions_per_step,
+                                                                            self.horizon(), self.rng, wins[:, 3]))  # fmt: skip
+        if len(b) == 0:
             return None
+        q, y = states[b, t], items[b, j]  # [P, d], [P]
+        self.positions += len(y)
+        soft = None
+        if self.covis is not None:
+            soft = covis_targets(items, valid, b, t, *self.covis, self.cfg.retrieve.covis_anchors)  # [P, R*K] x 2
         if self.full_softmax:
             logits = (q.float() @ table.float().T) / tc.temperature + bias.float()  # [P, N]
-            loss = F.cross_entropy(logits, y)
-        else:
-            negs = torch.from_numpy(self.rng.integers(0, self.n_items, size=tc.n_uniform_negatives)).to(dev)
-            cand = torch.unique(torch.cat([y, negs]))  # sorted [C]
-            with _autocast(dev, tc.mixed_precision):
-                cvec, cbias = self.bundle.item_vectors(cand)  # [C, d], [C]; grads into the item tower
-            logits = (q.float() @ cvec.float().T) / tc.temperature + cbias.float()  # [P, C]
-            if tc.logq_correction:
-                expected = len(y) * self.target_freq[cand.cpu().numpy()] + tc.n_uniform_negatives / self.n_items
-                logits = logits - torch.from_numpy(np.log(np.maximum(expected, 1e-12))).float().to(dev)
-            loss = F.cross_entropy(logits, torch.searchsorted(cand, y))
-        self.positions += len(y)
-        return loss
+            return distill_loss(logits.log_softmax(1), y, soft, self.distill)
+        negs = torch.from_numpy(self.rng.integers(0, self.n_items, size=tc.n_uniform_negatives)).to(dev)
+        parts = [y, negs] + ([heaviest(*soft, tc.n_uniform_negatives)] if soft is not None else [])
+        cand = torch.unique(torch.cat(parts))  # sorted [C]
+        with _autocast(dev, tc.mixed_precision):
+            cvec, cbias = self.bundle.item_vectors(cand)  # [C, d], [C]; grads into the item tower
+        logits = (q.float() @ cvec.float().T) / tc.temperature + cbias.float()  # [P, C]
+        if tc.logq_correction:
+            expected = len(y) * self.target_freq[cand.cpu().numpy()] + tc.n_uniform_negatives / self.n_items
+            logits = logits - torch.from_numpy(np.log(np.maximum(expected, 1e-12))).float().to(dev)
+        if soft is not None:
+            # Teacher items outside the candidates drop out; each row is renormalised.
+            at = torch.searchsorted(cand, soft[0]).clamp(max=len(cand) - 1)  # [P, M]
+            w = soft[1] * (cand[at] == soft[0]).float()
+            soft = (at, w / w.sum(1, keepdim=True).clamp(min=1e-12))
+        return distill_loss(logits.log_softmax(1), torch.searchsorted(cand, y), soft, self.distill)
 
     def epoch(self, epoch: int, deadline: float | None) -> tuple[float | None, bool]:
         """One pass over every training window; returns (mean loss, hit the deadline)."""
@@ -420,6 +497,13 @@ def resolve_objective(cfg: Config, rd: RunDir, split: str) -> str:
     return "horizon" if by == "days" else "next_item"
 
 
+def covis_distill(cfg: Config, objective: str) -> float:
+    """train.covis_distill, with None resolved by the objective (0.3 for next_item)."""
+    if cfg.train.covis_distill is not None:
+        return cfg.train.covis_distill
+    return 0.3 if objective == "next_item" else 0.0
+
+
 def validation_rows(cfg: Config, lengths: np.ndarray, rng: np.random.Generator, every_user: bool = False,
                     none: bool = False) -> np.ndarray:  # fmt: skip
     """Sorted rows [V] of the users whose last train.val_tail_steps steps validate: of
@@ -489,13 +573,18 @@ def _setup(cfg: Config, rd: RunDir, refit: bool = False,
         opt=torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay), rng=rng, full_softmax=full,
         objective=objective, refit_after=small and not refit and len(val_rows) > 0,
     )  # fmt: skip
+    distill = covis_distill(cfg, objective)
+    if distill > 0:
+        trainer.distill = distill
+        trainer.covis = tuple(x.to(device) for x in covis_table(rd.require("features", split, "covisitation"),
+                                                                  catalog.index(), cfg.retrieve.covis_neighbors))  # type: ignore[assignment]  # fmt: skip
     trainer.start_average()
     log.info(
         "train: split=%s, %d users (%d validation), %d windows, %d items (%d with id rows), device=%s, "
-        "encoder layers trained=%d/%d, %s softmax, objective=%s, encoder cache %.1fs",
+        "encoder layers trained=%d/%d, %s softmax, objective=%s, co-visitation distilled at %.2f, encoder cache %.1fs",
         split, len(seqs), len(val_rows), len(wins), len(catalog.ids), int((model.item.id_index > 0).sum()), device,
         enc.n_train, len(enc.bert.encoder.layer), "full" if full else "sampled", objective,
-        time.time() - t_cache,
+        distill, time.time() - t_cache,
     )  # fmt: skip
     return trainer, warm_info, catalog, split
 
@@ -588,6 +677,7 @@ def train_member(cfg: Config, rd: RunDir, member: int = 0) -> dict[str, Any]:
         "encoder_layers_trained": model.item.encoder.n_train,
         "softmax": "full" if tr.full_softmax else "sampled",
         "objective": tr.objective,
+        "covis_distill": tr.distill,
         "steps": fit["steps"],
         "positions": fit["positions"],
         "positions_per_s": round(fit["positions"] / elapsed, 1) if elapsed > 0 else None,
