@@ -41,7 +41,7 @@ from recsys.contract import (
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
-    from recsys.config import Config
+    from recsys.config import Config, RetrieveConfig
     from recsys.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -355,26 +355,34 @@ def item_stats(inter: DataFrame, catalog: DataFrame, cutoff: dt.date, trending_d
     )
 
 
-def covisitation(seqs: DataFrame, window: int, top_n: int, backward: float = 0.0) -> DataFrame:
+def covisitation(
+    seqs: DataFrame, window: int, top_n: int, backward: float = 0.0, every_pair: bool = False
+) -> DataFrame:
     """Co-occurrence of what follows: b after a within `window` steps of one user's
     sequence scores 1/distance; summed over users, top_n neighbours per item. backward
-    > 0 then reads each kept pair both ways: a's list also gets b -> a at backward x its
-    score, and the lists are cut to top_n again (on the kept pairs, not on every pair:
-    a shuffle of items x top_n rows instead of a second one over every step's pairs)."""
+    > 0 also reads pairs the other way, b -> a at backward x the score: after each list
+    is cut to top_n (every_pair False: a shuffle of items x top_n rows instead of a
+    second one over every step's pairs), or on every step's pair before the cut
+    (every_pair True: exact, twice the pairs; the small-data regime)."""
     from pyspark.sql import functions as F
 
     # Pairs straight from each user's array (offsets 1..window), one row in, its pairs
     # out: no self-join of the exploded positions on user_id, which sorted every step
     # and compared each with every other of its user (16.9 s vs DuckDB's 2.5 at 100k
     # users; see docs/benchmarks.md). sequence(0, -1) counts down, hence the IF.
+    pair = "named_struct('item_id', items[i], 'neighbor_id', items[i + d], 'w', 1.0D / d)"
+    if every_pair and backward > 0:
+        back = f"named_struct('item_id', items[i + d], 'neighbor_id', items[i], 'w', {float(backward)}D / d)"
+        pair = f"array({pair}, {back})"
+    else:
+        pair = f"array({pair})"
     pairs = F.expr(
-        f"flatten(transform(sequence(1, {int(window)}), d -> IF(size(items) > d, "
-        "transform(sequence(0, size(items) - d - 1), "
-        "i -> named_struct('item_id', items[i], 'neighbor_id', items[i + d], 'w', 1.0D / d)), array())))"
+        f"flatten(flatten(transform(sequence(1, {int(window)}), d -> IF(size(items) > d, "
+        f"transform(sequence(0, size(items) - d - 1), i -> {pair}), array()))))"
     )
     ex = seqs.select(F.explode(pairs).alias("p")).select("p.*").where(F.col("item_id") != F.col("neighbor_id"))
     top = _top_neighbors(ex, top_n)
-    if backward > 0:
+    if backward > 0 and not every_pair:
         swapped = top.select(F.col("neighbor_id").alias("item_id"), F.col("item_id").alias("neighbor_id"),
                              (F.col("score") * float(backward)).alias("w"))  # fmt: skip
         top = _top_neighbors(
@@ -383,13 +391,15 @@ def covisitation(seqs: DataFrame, window: int, top_n: int, backward: float = 0.0
     return top
 
 
-def coded_covisitation(seqs: DataFrame, codes: DataFrame, window: int, top_n: int, backward: float) -> DataFrame:
+def coded_covisitation(seqs: DataFrame, codes: DataFrame, window: int, top_n: int, backward: float,
+                       every_pair: bool = False) -> DataFrame:  # fmt: skip
     """covisitation on the sequences' codes (sequences(..., codes)), decoded to ids: the
     same table, with the pairs' aggregation and ranking hashing and sorting ints, not
     id strings (at 100k users 8.1 s against 11.6 s a split)."""
     from pyspark.sql import functions as F
 
-    return decode_items(covisitation(seqs.select(F.col("codes").alias("items")), window, top_n, backward), codes)
+    return decode_items(covisitation(seqs.select(F.col("codes").alias("items")), window, top_n, backward, every_pair),
+                        codes)  # fmt: skip
 
 
 def decode_items(pairs: DataFrame, codes: DataFrame) -> DataFrame:
@@ -687,10 +697,19 @@ def rank_labels_by_days(cfg: Config, base: DataFrame, cutoff: dt.date) -> bool:
     return by_days
 
 
+def covis_params(rc: RetrieveConfig, n_events: int) -> tuple[int, bool]:
+    """(window, every_pair) for a night of n_events events: the small-data regime up to
+    retrieve.covis_small_events, so every split of one night counts alike."""
+    if n_events <= rc.covis_small_events:
+        return rc.covis_small_window, True
+    return rc.covis_window, False
+
+
 def write_split(cfg: Config, rd: RunDir, name: str, ev: DataFrame, cutoff: dt.date, catalog: DataFrame,
-                codes: DataFrame) -> int:  # fmt: skip
-    """One split's features (sequences, item_stats, covisitation, exclusions) from its
-    events before cutoff; logs each output's seconds; returns the split's user count."""
+                codes: DataFrame, covis: tuple[int, bool]) -> int:  # fmt: skip
+    """One split's features (sequences, item_stats, covisitation with covis = (window,
+    every_pair), exclusions) from its events before cutoff; logs each output's seconds;
+    returns the split's user count."""
     spark, out = ev.sparkSession, lambda table: str(rd.path("features", name, table))
     secs: dict[str, float] = {}
     t = time.time()
@@ -700,7 +719,9 @@ def write_split(cfg: Config, rd: RunDir, name: str, ev: DataFrame, cutoff: dt.da
     _write(item_stats(ev, catalog, cutoff, cfg.retrieve.trending_days), out("item_stats"))
     secs["item_stats"], t = round(time.time() - t, 1), time.time()
     rc = cfg.retrieve
-    _write(coded_covisitation(seqs, codes, rc.covis_window, rc.covis_neighbors, rc.covis_backward), out("covisitation"))
+    window, every_pair = covis
+    cov = coded_covisitation(seqs, codes, window, rc.covis_neighbors, rc.covis_backward, every_pair)
+    _write(cov, out("covisitation"))
     secs["covisitation"], t = round(time.time() - t, 1), time.time()
     _write(exclusions(ev, cfg.events.exclude_policy, cutoff), out("exclusions"))
     secs["exclusions"] = round(time.time() - t, 1)
@@ -728,6 +749,10 @@ def run_aggregate(cfg: Config, rd: RunDir) -> dict[str, object]:
     codes = item_codes(catalog).cache()
     counts: dict[str, object] = {"protocol": cfg.evaluate.protocol if cfg.evaluate.enabled else "none",
                                  "shuffle_partitions": n_shuffle, "events": n_events}  # fmt: skip
+    window, every_pair = covis = covis_params(cfg.retrieve, n_events)
+    counts["covisitation"] = {"window": window, "every_pair": every_pair}
+    log.info("aggregate: %d events: co-visitation within %d steps, %s", n_events, window,
+             "every pair both ways (small data)" if every_pair else "kept pairs both ways")  # fmt: skip
     splits, tables, labels = _splits(cfg, inter, run_date)
     counts["rank_labels_by"] = labels
     for name, table in tables.items():
@@ -738,7 +763,7 @@ def run_aggregate(cfg: Config, rd: RunDir) -> dict[str, object]:
             counts["split_date"] = cutoff.isoformat()
         if name == "rank":
             counts["rank_cutoff"] = cutoff.isoformat()
-        counts[f"{name}_users"] = write_split(cfg, rd, name, ev, cutoff, catalog, codes)
+        counts[f"{name}_users"] = write_split(cfg, rd, name, ev, cutoff, catalog, codes, covis)
         # The date the split's history ends before (its trending / new-arrival windows).
         jsonio.write(rd.path("features", name, "split.json"), {"cutoff": cutoff.isoformat(), "rank_labels_by": labels})
         if ev is not inter:

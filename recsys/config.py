@@ -302,6 +302,20 @@ class RetrieveConfig(_Section):
     # anchors, 0.5 0.0684; covis_anchors 5 lifted the source to 0.0674 but not the lists
     # (ranked 0.0666), so it stays 3.
     covis_backward: float = Field(default=0.5, ge=0)
+    # The small-data regime: a night with at most covis_small_events events counts pairs
+    # within covis_small_window steps and reads every pair both ways before each list is
+    # cut (exact, twice the pairs), where sparse counts need all the evidence a user
+    # gives; above it covis_window and both ways after the cut, which cost the 1M night
+    # ~37 s a night, where this would cost ~5/3 x 2 of its 146 s per split. Measured
+    # (docs/benchmarks.md, session of 2026-12-06, sixth; NDCG@10, off -> on, same run
+    # directories): the source on ml-latest-small 0.0659 -> 0.0682, its 1,700 most-rated
+    # movies 0.0875 -> 0.0893, the synthetic shop 0.1550 -> 0.1616; the synthetic blend
+    # 0.1836 -> 0.1887; with the models held fixed, ranked / homepage +0.0023 / +0.0032
+    # (ml-latest-small) and +0.0008 / +0.0033 (dense). Retrained, the lists move with
+    # the models' training more than with this. 2M events holds MovieLens-1M (1M
+    # ratings); 0 switches the regime off.
+    covis_small_events: int = Field(default=2_000_000, ge=0)
+    covis_small_window: int = Field(default=5, ge=1)
     trending_days: int = Field(default=7, ge=1)
     new_item_days: int = Field(default=14, ge=1)
     per_source_k: int = Field(default=50, ge=1)

@@ -6,6 +6,7 @@ import pytest
 
 from recsys.aggregate import (
     coded_covisitation,
+    covis_params,
     covisitation,
     exclusions,
     holdout,
@@ -16,6 +17,7 @@ from recsys.aggregate import (
     validate_catalog,
     validate_events,
 )
+from recsys.config import RetrieveConfig
 
 pytestmark = pytest.mark.spark
 D = dt.date(2026, 11, 22)
@@ -182,6 +184,23 @@ def test_covisitation_directed_with_distance_decay(spark):
     # and a's list a->b 2 beats a->c 0.5 x 1.
     both1 = {(r.item_id, r.neighbor_id): r.score for r in covisitation(seqs, 2, 1, 0.5).collect()}
     assert both1 == {("a", "b"): 2.0, ("b", "a"): 1.0, ("c", "a"): 1.0}
+    # Every pair both ways before the cut (the small-data regime): the lists are the
+    # sums over every pair, so top 5 equals `both`, and c's top 1 keeps all of c->a:
+    # u4's 1 + u1's a->c read back 0.5 x 0.5 + u4's a->c read back 0.5 x 1 = 1.75.
+    every = {(r.item_id, r.neighbor_id): (r.score, r["rank"]) for r in covisitation(seqs, 2, 5, 0.5, True).collect()}
+    assert every == both
+    every1 = {(r.item_id, r.neighbor_id): r.score for r in covisitation(seqs, 2, 1, 0.5, True).collect()}
+    assert every1 == {("a", "b"): 2.0, ("b", "a"): 1.0, ("c", "a"): 1.75}
+    # backward 0 reads nothing back whichever way is asked.
+    assert sorted(map(tuple, covisitation(seqs, 2, 5, 0.0, True).collect())) == sorted(
+        map(tuple, covisitation(seqs, 2, 5).collect()))  # fmt: skip
+
+
+def test_covis_params_small_data_regime():
+    rc = RetrieveConfig()
+    assert covis_params(rc, rc.covis_small_events) == (rc.covis_small_window, True)
+    assert covis_params(rc, rc.covis_small_events + 1) == (rc.covis_window, False)
+    assert covis_params(RetrieveConfig(covis_small_events=0), 1) == (3, False)
 
 
 def test_covisitation_on_item_codes_is_the_same_table(spark):
@@ -201,9 +220,9 @@ def test_covisitation_on_item_codes_is_the_same_table(spark):
     seqs = sequences(interactions(ev, WEIGHTS, 3.0), D, max_len=10, codes=codes)
     by_user = {r.user_id: (r.items, r.codes) for r in seqs.collect()}
     assert by_user["u4"] == (["9", "10", "a", "9"], [1, 0, 2, 1])
-    for top_n, backward in [(2, 0.0), (2, 0.5), (5, 0.5)]:
-        on_ids = covisitation(seqs, 2, top_n, backward)
-        on_codes = coded_covisitation(seqs, codes, 2, top_n, backward)
+    for top_n, backward, every in [(2, 0.0, False), (2, 0.5, False), (5, 0.5, False), (2, 0.5, True)]:
+        on_ids = covisitation(seqs, 2, top_n, backward, every)
+        on_codes = coded_covisitation(seqs, codes, 2, top_n, backward, every)
         assert sorted(map(tuple, on_codes.collect())) == sorted(map(tuple, on_ids.collect()))
     # a's neighbours 9 (u4), b, c and d all score 1: the top 2 are the first two ids.
     assert {r.neighbor_id for r in covisitation(seqs, 2, 2).where("item_id = 'a'").collect()} == {"9", "b"}
