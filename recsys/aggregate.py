@@ -279,10 +279,18 @@ def item_codes(catalog: DataFrame) -> DataFrame:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    # One partition on purpose (the catalog is small); partitionBy a constant says so
-    # and keeps Spark's warning about a window without partitions out of every night's log.
-    code = (F.row_number().over(Window.partitionBy(F.lit(0)).orderBy("item_id")) - 1).cast("int")
-    return catalog.select("item_id").distinct().select("item_id", code.alias("code"))
+    # Range-partitioned by id, numbered inside each partition, offset by the sizes of
+    # the partitions before it (one row per partition reaches the driver). A window over
+    # a constant key ran in one task and Spark warned of it on every night: it drops a
+    # constant partition key. Kept (_cache) so the counts and the codes read the same
+    # blocks; a lost block is recomputed through the same shuffle, to the same ranges.
+    ids = catalog.select("item_id").distinct().repartitionByRange("item_id")
+    ids = _cache(ids.withColumn("_p", F.spark_partition_id()))
+    sizes = sorted((int(r["_p"]), int(r["count"])) for r in ids.groupBy("_p").count().collect())
+    starts = [sum(n for _, n in sizes[:i]) for i in range(len(sizes))]
+    offset = F.create_map(*[F.lit(x) for (p, _), o in zip(sizes, starts, strict=True) for x in (p, o)])
+    number = F.row_number().over(Window.partitionBy("_p").orderBy("item_id")) - 1
+    return ids.select("item_id", (number + offset[F.col("_p")]).cast("int").alias("code"))
 
 
 def sequences(inter: DataFrame, cutoff: dt.date, max_len: int, codes: DataFrame | None = None) -> DataFrame:

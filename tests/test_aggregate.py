@@ -228,6 +228,29 @@ def test_covisitation_on_item_codes_is_the_same_table(spark):
     assert {r.neighbor_id for r in covisitation(seqs, 2, 2).where("item_id = 'a'").collect()} == {"9", "b"}
 
 
+def test_item_codes_number_ids_in_order_across_partitions(spark):
+    """Each range partition is numbered from the sizes of the ones before it: with
+    adaptive execution off the ids really are split into 4 ranges."""
+    import random
+
+    from pyspark.sql import functions as F
+
+    ids = [f"id{n:04d}" for n in random.Random(0).sample(range(10_000), 200)]
+    conf = {k: spark.conf.get(k) for k in ("spark.sql.adaptive.enabled", "spark.sql.shuffle.partitions")}
+    spark.conf.set("spark.sql.adaptive.enabled", "false")
+    spark.conf.set("spark.sql.shuffle.partitions", "4")
+    try:
+        cat = spark.createDataFrame([(i,) for i in ids + ids[:10]], "item_id string")  # duplicates count once
+        got = sorted((r.code, r.item_id) for r in item_codes(cat).collect())
+        ranges = cat.select("item_id").distinct().repartitionByRange("item_id")
+        n_ranges = ranges.select(F.spark_partition_id()).distinct().count()
+    finally:
+        for k, v in conf.items():
+            spark.conf.set(k, v)
+    assert n_ranges == 4
+    assert got == list(enumerate(sorted(ids)))
+
+
 def test_item_stats_exclusions_holdout(spark):
     ev = clean_events(spark, [
         ("u1", "a", "view", "2026-11-10T10:00:00", None),
