@@ -276,21 +276,22 @@ def interactions(clean: DataFrame, weights: dict[str, float], min_rating_positiv
 def item_codes(catalog: DataFrame) -> DataFrame:
     """(item_id, code int): each catalog item's position in item_id order. Codes sort as
     the ids do, so co-visitation on codes keeps its ties by neighbour id."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    # Range-partitioned by id, numbered inside each partition, offset by the sizes of
-    # the partitions before it (one row per partition reaches the driver). A window over
-    # a constant key ran in one task and Spark warned of it on every night: it drops a
-    # constant partition key. Kept (_cache) so the counts and the codes read the same
-    # blocks; a lost block is recomputed through the same shuffle, to the same ranges.
-    ids = catalog.select("item_id").distinct().repartitionByRange("item_id")
-    ids = _cache(ids.withColumn("_p", F.spark_partition_id()))
-    sizes = sorted((int(r["_p"]), int(r["count"])) for r in ids.groupBy("_p").count().collect())
+    # Range-partitioned and sorted by id, numbered inside each partition
+    # (monotonically_increasing_id counts a partition's rows from partition << 33) and
+    # offset by the sizes of the partitions before it: one row per partition reaches the
+    # driver, and no exchange follows the range partitioning. A window over a constant
+    # key ran in one task, and Spark, which drops a constant partition key, warned of it
+    # 7 times a night. Kept (_cache) so the counts and the codes read the same rows in
+    # the same order; a lost block is recomputed through the same shuffle.
+    part = F.spark_partition_id()
+    ids = _cache(catalog.select("item_id").distinct().repartitionByRange("item_id").sortWithinPartitions("item_id"))
+    sizes = sorted((int(r["p"]), int(r["count"])) for r in ids.groupBy(part.alias("p")).count().collect())
     starts = [sum(n for _, n in sizes[:i]) for i in range(len(sizes))]
     offset = F.create_map(*[F.lit(x) for (p, _), o in zip(sizes, starts, strict=True) for x in (p, o)])
-    number = F.row_number().over(Window.partitionBy("_p").orderBy("item_id")) - 1
-    return ids.select("item_id", (number + offset[F.col("_p")]).cast("int").alias("code"))
+    number = F.monotonically_increasing_id() - F.shiftleft(part.cast("long"), 33)
+    return ids.select("item_id", (number + offset[part]).cast("int").alias("code"))
 
 
 def sequences(inter: DataFrame, cutoff: dt.date, max_len: int, codes: DataFrame | None = None) -> DataFrame:
