@@ -184,6 +184,11 @@ def test_covisitation_directed_with_distance_decay(spark):
     # and a's list a->b 2 beats a->c 0.5 x 1.
     both1 = {(r.item_id, r.neighbor_id): r.score for r in covisitation(seqs, 2, 1, 0.5).collect()}
     assert both1 == {("a", "b"): 2.0, ("b", "a"): 1.0, ("c", "a"): 1.0}
+    # The kept lists read both ways are exchanged once, by item, for their sum and their
+    # ranking (it was twice: by pair, then by item). The plan before it runs shows the
+    # first pass's two exchanges under both sides of the union (run, one is reused).
+    plan = covisitation(seqs, 2, 1, 0.5)._jdf.queryExecution().executedPlan().toString()
+    assert plan.count("Exchange hashpartitioning") == 5 and plan.count("REPARTITION_BY_COL") == 1
     # Every pair both ways before the cut (the small-data regime): the lists are the
     # sums over every pair, so top 5 equals `both`, and c's top 1 keeps all of c->a:
     # u4's 1 + u1's a->c read back 0.5 x 0.5 + u4's a->c read back 0.5 x 1 = 1.75.
