@@ -434,7 +434,7 @@ def _top_neighbors(pairs: DataFrame, top_n: int, by_item: bool = False) -> DataF
     # most twice), where the map-side sum saves nothing and one exchange of two is
     # spared: the whole co-visitation step 12.1-13.5 s -> 10.4-10.5 s at 100k users.
     # Every step's pairs repeat (8.7M rows, 4.4M distinct at 100k), and there summing
-    # before the exchange measured faster (12.1-13.4 s against 14.2-15.7 s).
+    # before the exchange measured faster (11.9-13.4 s against 14.2-15.7 s).
     if by_item:
         pairs = pairs.repartition("item_id")
     # Rounded: a float sum depends on the order rows arrive in, which the partitioning
