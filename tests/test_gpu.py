@@ -33,3 +33,21 @@ def test_full_encoder_trains_in_mixed_precision():
     loss.backward()
     opt.step()
     assert all(p.grad is not None for p in enc.bert.encoder.layer[0].parameters())
+
+
+def test_chunked_softmax_in_bf16_on_cuda_matches_fp32():
+    from recsys.model.softmax import softmax_xent
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(500, 32, generator=g), dim=1)
+    table = torch.nn.functional.normalize(torch.randn(2000, 32, generator=g), dim=1)
+    bias, cols = torch.zeros(2000), torch.randint(0, 2000, (500, 1), generator=g)
+    out = []
+    for dev, dt in [("cpu", torch.float32), ("cuda", torch.bfloat16)]:
+        leaves = [x.to(dev).requires_grad_() for x in (q, table, bias)]
+        loss = softmax_xent(*leaves, cols.to(dev), torch.ones(500, 1, device=dev), 0.07, compute_dtype=dt)
+        loss.backward()
+        out.append((float(loss), [x.grad.cpu() for x in leaves]))
+    assert abs(out[0][0] - out[1][0]) / out[0][0] < 1e-3
+    for a, b in zip(out[0][1][:2], out[1][1][:2], strict=True):
+        assert float((a - b).norm() / a.norm()) < 0.02

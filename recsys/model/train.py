@@ -1,9 +1,11 @@
 """Fine-tune the two-tower model on the train split's sequences.
 
 Objective: next-item prediction at every position of each user's sequence (SASRec-style)
-with a sampled softmax over the batch's targets plus uniform random negatives, corrected
-by log of each candidate's expected count in the sample (logQ), so popular items are not
-over-penalised for appearing as negatives more often.
+with a full softmax over the catalog up to train.full_softmax_max_items, else a sampled
+softmax over the batch's targets plus uniform random negatives, corrected by log of each
+candidate's expected count in the sample (logQ), so popular items are not over-penalised
+for appearing as negatives more often. Either is computed a chunk of positions at a time
+(recsys.model.softmax), in bf16 matmuls where the hardware has them.
 Validation: a random val_fraction of users keep their last val_tail_steps steps out of
 training; Recall@20 of those (new) items over the whole catalog, history masked, from
 the state before the tail. Several targets per user and a multi-step horizon match the
@@ -32,6 +34,7 @@ from recsys.config import Config
 from recsys.device import torch_device
 from recsys.model.data import Catalog, Sequences, load_catalog, load_sequences, pad_batch, pad_windows, windows
 from recsys.model.encoder import PrefixCache, TextEncoder, TextStore
+from recsys.model.softmax import bf16_matmul_is_native, distill_targets, softmax_xent
 from recsys.model.towers import TwoTower, gap_buckets
 from recsys.progress import Progress
 from recsys.rundir import RunDir
@@ -119,6 +122,13 @@ class Bundle:
             return torch.zeros(0, table.shape[1], device=self.device)
         inverse = torch.from_numpy(np.argsort(order)).to(self.device)  # back to rows' order
         return torch.cat(out)[inverse]
+
+
+def matmul_dtype(cfg: Config, device: torch.device) -> torch.dtype:
+    """bf16 for the softmax's matmuls where train.mixed_precision is on and the device
+    multiplies bf16 natively (recsys.model.softmax); fp32 otherwise."""
+    native = device.type == "cuda" or (device.type == "cpu" and bf16_matmul_is_native())
+    return torch.bfloat16 if cfg.train.mixed_precision and native else torch.float32
 
 
 def _autocast(device: torch.device, enabled: bool = True):  # type: ignore[no-untyped-def]
@@ -298,20 +308,6 @@ def heaviest(idx: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
     return items[total.topk(min(k, len(items))).indices]
 
 
-def distill_loss(logp: torch.Tensor, y: torch.Tensor, soft: tuple[torch.Tensor, torch.Tensor] | None,
-                 alpha: float) -> torch.Tensor:  # fmt: skip
-    """Mean cross-entropy of the targets y [P] under log-probabilities logp [P, C], each
-    position's mixed with alpha x the cross-entropy of its co-visitation distribution
-    (soft: columns [P, M] of logp and weights [P, M] summing to 1, or to 0 where the
-    position has none, which then keeps the plain cross-entropy)."""
-    ce = -logp.gather(1, y[:, None])[:, 0]  # [P]
-    if soft is None:
-        return ce.mean()
-    a = alpha * (soft[1].sum(1) > 0).float()  # [P]
-    distill = -(soft[1] * logp.gather(1, soft[0])).sum(1)  # [P]
-    return ((1 - a) * ce + a * distill).mean()
-
-
 @dataclass
 class Trainer:
     """One night's training: the data, the model and the optimiser, one epoch at a time.
@@ -345,6 +341,9 @@ class Trainer:
     # train.covis_distill > 0: the co-visitation lists, neighbours [N, K] and scores [N, K].
     covis: tuple[torch.Tensor, torch.Tensor] | None = None
     distill: float = 0.0  # its weight in each position's target (covis_distill)
+    # The softmax's matmuls: bf16 where train.mixed_precision and the device multiplies
+    # bf16 natively (CUDA; CPUs with AVX-512 BF16 or AMX), else fp32 (matmul_dtype()).
+    matmul_dtype: torch.dtype = torch.float32
 
     @property
     def n_items(self) -> int:
@@ -408,24 +407,25 @@ class Trainer:
         soft = None
         if self.covis is not None:
             soft = covis_targets(items, valid, b, t, *self.covis, self.cfg.retrieve.covis_anchors)  # [P, R*K] x 2
-        if self.full_softmax:
-            logits = (q.float() @ table.float().T) / tc.temperature + bias.float()  # [P, N]
-            return distill_loss(logits.log_softmax(1), y, soft, self.distill)
+        if self.full_softmax:  # logits [P, N], built a chunk of rows at a time
+            cols, w = distill_targets(y, soft, self.distill)
+            return softmax_xent(q.float(), table.float(), bias.float(), cols, w, tc.temperature, self.matmul_dtype)
         negs = torch.from_numpy(self.rng.integers(0, self.n_items, size=tc.n_uniform_negatives)).to(dev)
         parts = [y, negs] + ([heaviest(*soft, tc.n_uniform_negatives)] if soft is not None else [])
         cand = torch.unique(torch.cat(parts))  # sorted [C]
         with _autocast(dev, tc.mixed_precision):
             cvec, cbias = self.bundle.item_vectors(cand)  # [C, d], [C]; grads into the item tower
-        logits = (q.float() @ cvec.float().T) / tc.temperature + cbias.float()  # [P, C]
+        cbias = cbias.float()  # [C]; logits [P, C] = q @ cvec^T / temperature + cbias
         if tc.logq_correction:
             expected = len(y) * self.target_freq[cand.cpu().numpy()] + tc.n_uniform_negatives / self.n_items
-            logits = logits - torch.from_numpy(np.log(np.maximum(expected, 1e-12))).float().to(dev)
+            cbias = cbias - torch.from_numpy(np.log(np.maximum(expected, 1e-12))).float().to(dev)
         if soft is not None:
             # Teacher items outside the candidates drop out; each row is renormalised.
             at = torch.searchsorted(cand, soft[0]).clamp(max=len(cand) - 1)  # [P, M]
             w = soft[1] * (cand[at] == soft[0]).float()
             soft = (at, w / w.sum(1, keepdim=True).clamp(min=1e-12))
-        return distill_loss(logits.log_softmax(1), torch.searchsorted(cand, y), soft, self.distill)
+        cols, w = distill_targets(torch.searchsorted(cand, y), soft, self.distill)
+        return softmax_xent(q.float(), cvec.float(), cbias, cols, w, tc.temperature, self.matmul_dtype)
 
     def epoch(self, epoch: int, deadline: float | None) -> tuple[float | None, bool]:
         """One pass over every training window; returns (mean loss, hit the deadline)."""
@@ -572,6 +572,7 @@ def _setup(cfg: Config, rd: RunDir, refit: bool = False,
         target_freq=counts / max(counts.sum(), 1.0),
         opt=torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay), rng=rng, full_softmax=full,
         objective=objective, refit_after=small and not refit and len(val_rows) > 0,
+        matmul_dtype=matmul_dtype(cfg, device),
     )  # fmt: skip
     distill = covis_distill(cfg, objective)
     if distill > 0:
@@ -581,10 +582,11 @@ def _setup(cfg: Config, rd: RunDir, refit: bool = False,
     trainer.start_average()
     log.info(
         "train: split=%s, %d users (%d validation), %d windows, %d items (%d with id rows), device=%s, "
-        "encoder layers trained=%d/%d, %s softmax, objective=%s, co-visitation distilled at %.2f, encoder cache %.1fs",
+        "encoder layers trained=%d/%d, %s softmax (%s matmuls), objective=%s, co-visitation distilled at %.2f, "
+        "encoder cache %.1fs",
         split, len(seqs), len(val_rows), len(wins), len(catalog.ids), int((model.item.id_index > 0).sum()), device,
-        enc.n_train, len(enc.bert.encoder.layer), "full" if full else "sampled", objective,
-        distill, time.time() - t_cache,
+        enc.n_train, len(enc.bert.encoder.layer), "full" if full else "sampled",
+        str(trainer.matmul_dtype).removeprefix("torch."), objective, distill, time.time() - t_cache,
     )  # fmt: skip
     return trainer, warm_info, catalog, split
 

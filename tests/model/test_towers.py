@@ -169,18 +169,6 @@ def test_covis_targets_follow_the_source_by_hand():
     assert np.allclose(w.numpy(), want)
 
 
-def test_distill_loss_mixes_the_two_cross_entropies():
-    from recsys.model.train import distill_loss
-
-    logp = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.2, 0.7]]))
-    y = torch.tensor([0, 2])
-    soft = (torch.tensor([[1, 2], [0, 1]]), torch.tensor([[0.5, 0.5], [0.0, 0.0]]))  # row 1 has no list
-    ce = [-np.log(0.5), -np.log(0.7)]
-    assert np.isclose(float(distill_loss(logp, y, None, 0.3)), np.mean(ce))
-    row0 = 0.7 * ce[0] + 0.3 * -(0.5 * np.log(0.25) + 0.5 * np.log(0.25))
-    assert np.isclose(float(distill_loss(logp, y, soft, 0.3)), (row0 + ce[1]) / 2)
-
-
 def _planted_teacher_rank(tiny_rd_cfg, rd, alpha: float, full: bool) -> float:
     """Train on the tiny night with a planted co-visitation table that says item z
     follows anchor a (z never does in the data); the mean rank of z among all items
