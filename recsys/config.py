@@ -169,6 +169,10 @@ class TrainConfig(_Section):
     max_epochs: int = Field(default=100, ge=1)
     # Windows (of up to model.max_seq_len + 1 steps) per optimisation step.
     batch_size: int = Field(default=64, gt=1)
+    # Batches by length (recsys.model.data.length_batches): windows sorted by length in
+    # pools of length_pool x batch_size, each batch within batch_size x the mean window's
+    # steps, so a step pads little. 0 = batch_size windows in random order.
+    length_pool: int = Field(default=50, ge=0)
     # Positions (user prefix -> target) per step that enter the loss; 0 = every position
     # of every user in the batch (SASRec: each epoch sees each transition once).
     positions_per_step: int = Field(default=0, ge=0)

@@ -48,6 +48,35 @@ def windows(seqs: Sequences, rows: np.ndarray, max_len: int, drop_last: int = 0,
     return np.array(out, dtype=np.int64).reshape(-1, 4)
 
 
+def length_batches(wins: np.ndarray, batch_size: int, rng: np.random.Generator, pool: int) -> list[np.ndarray]:
+    """One epoch's batches of windows [W, 4+] (row, start, end, ...): every window once,
+    in random order, each batch about batch_size windows' worth of steps.
+
+    pool 0: batch_size windows per batch in random order (each batch pads to its
+    longest window). pool > 0: windows are shuffled, cut into pools of pool x
+    batch_size, sorted by length inside each pool, and cut into batches whose padded
+    size, windows x the longest, stays within batch_size x the mean window length; the
+    batches are then shuffled. A batch of short windows holds more of them, so every
+    step computes about the same number of steps, nearly all of them real, and each
+    step's loss averages over about as many positions as before.
+    Returns a list of index arrays into wins."""
+    order = rng.permutation(len(wins))
+    if pool <= 0 or len(wins) == 0:
+        return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    lengths = (wins[:, 2] - wins[:, 1]).astype(np.int64)  # [W]
+    budget = max(1, round(float(batch_size * lengths.mean())))  # padded steps per batch
+    batches: list[np.ndarray] = []
+    for a in range(0, len(order), pool * batch_size):
+        chunk = order[a : a + pool * batch_size]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]  # longest first
+        s = 0
+        while s < len(chunk):
+            n = max(1, budget // int(lengths[chunk[s]]))  # the first is the batch's longest
+            batches.append(chunk[s : s + n])
+            s += n
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def pad_windows(seqs: Sequences, wins: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-aligned padded batch of windows [B, 3+] (row, start, end, ...) -> items, types, ts [B, L] long and
     valid [B, L] bool, L = the longest window."""

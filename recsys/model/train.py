@@ -32,7 +32,16 @@ import torch
 from recsys import jsonio
 from recsys.config import Config
 from recsys.device import torch_device
-from recsys.model.data import Catalog, Sequences, load_catalog, load_sequences, pad_batch, pad_windows, windows
+from recsys.model.data import (
+    Catalog,
+    Sequences,
+    length_batches,
+    load_catalog,
+    load_sequences,
+    pad_batch,
+    pad_windows,
+    windows,
+)
 from recsys.model.encoder import PrefixCache, TextEncoder, TextStore
 from recsys.model.softmax import bf16_matmul_is_native, distill_targets, softmax_xent
 from recsys.model.towers import TwoTower, gap_buckets
@@ -432,13 +441,13 @@ class Trainer:
         self.bundle.model.train()
         if not self.full_softmax:
             self.refresh_table()
-        order = self.rng.permutation(len(self.train_wins))
-        B = self.cfg.train.batch_size
+        tc = self.cfg.train
+        batches = length_batches(self.train_wins, tc.batch_size, self.rng, tc.length_pool)
         losses: list[float] = []
-        bar = Progress(len(order), f"train epoch {epoch}", "windows", every_s=15)
-        for s in range(0, len(order), B):
-            bar.update(len(order[s : s + B]))
-            loss = self.step_loss(self.train_wins[order[s : s + B]])
+        bar = Progress(len(self.train_wins), f"train epoch {epoch}", "windows", every_s=15)
+        for batch in batches:
+            bar.update(len(batch))
+            loss = self.step_loss(self.train_wins[batch])
             if loss is None:
                 continue
             self.opt.zero_grad(set_to_none=True)
