@@ -45,6 +45,15 @@ from recsys.model import train as T  # noqa: E402
 from recsys.rundir import RunDir  # noqa: E402
 
 
+def next_item_run(folder: Path) -> tuple[dict, dt.date]:
+    """The overrides bench/next_item.py runs with, and the logical date of its run in
+    folder (WORK/DATASET)."""
+    over = {"evaluate": {"holdout_days": 0},
+            "events": {"exclude_policy": "interacted", "lookback_days": 100_000, "bot_max_events_per_day": 1_000_000},
+            "paths": {"data_root": str(folder / "input"), "work_root": str(folder / "work")}}  # fmt: skip
+    return over, dt.date.fromisoformat((folder / "date.txt").read_text().strip())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, help="bench/quality.py's --work")
@@ -59,12 +68,8 @@ def main() -> None:
                     help="a bench/next_item.py work folder (WORK/DATASET): its run, scored on its removed items")  # fmt: skip
     a = ap.parse_args()
     if a.next_item is not None:
-        # The overrides bench/next_item.py runs with; the user state is the full split.
-        over = {"evaluate": {"holdout_days": 0},
-                "events": {"exclude_policy": "interacted", "lookback_days": 100_000,
-                           "bot_max_events_per_day": 1_000_000},
-                "paths": {"data_root": str(a.next_item / "input"), "work_root": str(a.next_item / "work")}}  # fmt: skip
-        date = dt.date.fromisoformat((a.next_item / "date.txt").read_text().strip())
+        # The user state is the full split.
+        over, date = next_item_run(a.next_item)
         state, ho = "full", pq.read_table(a.next_item / "targets.parquet").to_pandas()
     else:
         if a.work is None:

@@ -363,6 +363,13 @@ class Trainer:
     def horizon(self) -> float:
         return self.cfg.train.target_horizon_days if self.objective == "horizon" else 0.0
 
+    def length_pool(self) -> int:
+        """train.length_pool, None resolved by the softmax: batches by length (50) where
+        the sampled softmax leaves the transformer most of a step, random (0) with the full
+        one (docs/benchmarks.md, "Batches cut by length")."""
+        pool = self.cfg.train.length_pool
+        return pool if pool is not None else (0 if self.full_softmax else 50)
+
     def refresh_table(self) -> None:
         self.table, self.bias = self.bundle.item_table()
 
@@ -442,7 +449,7 @@ class Trainer:
         if not self.full_softmax:
             self.refresh_table()
         tc = self.cfg.train
-        batches = length_batches(self.train_wins, tc.batch_size, self.rng, tc.length_pool)
+        batches = length_batches(self.train_wins, tc.batch_size, self.rng, self.length_pool())
         losses: list[float] = []
         bar = Progress(len(self.train_wins), f"train epoch {epoch}", "windows", every_s=15)
         for batch in batches:

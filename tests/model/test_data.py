@@ -50,3 +50,19 @@ def test_a_planted_length_mix_pads_little():
     # ... and the steps per batch are even: a batch of 5-step windows holds ten times more.
     sizes = {len(b) for b in length_batches(wins, 64, np.random.default_rng(3), 50)}
     assert {35, 352} <= sizes  # budget 64 x 27.5 = 1,760: 35 windows of 50, 352 of 5
+
+
+def test_the_default_pool_follows_the_softmax():
+    from recsys.config import load_config
+    from recsys.model.train import Trainer
+
+    def pool(full: bool, **train: int) -> int:
+        cfg = load_config(overrides={"train": train}, environ={})
+        tr = Trainer(cfg=cfg, bundle=None, seqs=None, train_wins=np.zeros((0, 4)), val_rows=np.zeros(0),  # type: ignore[arg-type]
+                     target_freq=np.zeros(0), opt=None, rng=None, full_softmax=full)  # type: ignore[arg-type]  # fmt: skip
+        return tr.length_pool()
+
+    # By length where the sampled softmax leaves the transformer most of a step; random
+    # batches with the full softmax, where it measured no faster (docs/benchmarks.md).
+    assert pool(False) == 50 and pool(True) == 0
+    assert pool(True, length_pool=20) == 20 and pool(False, length_pool=0) == 0
