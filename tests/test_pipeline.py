@@ -21,7 +21,7 @@ def test_every_stage_ran_and_manifest_tells_the_story(tiny_run, tiny_rd):
     _cfg, results = tiny_run
     assert list(results) == list(STAGES)
     m = tiny_rd.read_manifest()
-    assert m["logical_date"] == "2026-11-22" and m["config"]["train"]["time_budget_s"] == 8
+    assert m["logical_date"] == "2026-11-22" and m["config"]["train"]["time_budget_s"] == 300
     assert all(m["stages"][s]["status"] == "ok" for s in STAGES)
     v = m["stages"]["validate"]
     assert v["events_quarantined"]["bot_like_user"] == 300
