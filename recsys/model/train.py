@@ -535,8 +535,7 @@ def validation_rows(cfg: Config, lengths: np.ndarray, rng: np.random.Generator, 
 
 def _setup(cfg: Config, rd: RunDir, refit: bool = False,
            member: int = 0) -> tuple[Trainer, dict[str, Any], Catalog, str]:  # fmt: skip
-    """Data, model (warm-started when possible: member k from the previous night's member
-    k, or its model.pt), encoder cache, splits, optimiser.
+    """Data, model (warm-started when possible), encoder cache, splits, optimiser.
     refit: no validation users (the second model of small data, see train_member)."""
     torch.manual_seed(cfg.train.seed)
     rng = np.random.default_rng(cfg.train.seed)
@@ -545,19 +544,7 @@ def _setup(cfg: Config, rd: RunDir, refit: bool = False,
     catalog = load_catalog(rd.require("features", "catalog"))
     seqs = load_sequences(rd.require("features", split, "sequences"), catalog.index(), type_names(cfg))
     counts = np.bincount(seqs.items, minlength=len(catalog.ids)).astype(np.float64)  # [N]
-    model = build_model(cfg, catalog, counts, device)
-    warm_info: dict[str, Any] = {"from": None}
-    prev = find_previous_model(cfg, rd) if cfg.train.warm_start else None
-    if prev is not None and (prev.parent / member_file(member)).is_file():
-        prev = prev.parent / member_file(member)
-    if prev is not None:
-        try:
-            warm_info = warm_start(model, catalog.ids, prev)
-        except (RuntimeError, KeyError, ValueError, OSError) as e:
-            # A broken previous model must not block tonight: train from scratch.
-            warm_info = {"from": str(prev), "error": repr(e)}
-            log.warning("train: warm start from %s failed (%s); training from the pretrained encoder", prev, e)
-    model.to(device)
+    model, warm_info = _warm_model(cfg, rd, catalog, counts, device, member)
     enc = model.item.encoder
     t_cache = time.time()
     # CPU: cache what the frozen part of the encoder computes, once per item. GPU with
@@ -566,27 +553,12 @@ def _setup(cfg: Config, rd: RunDir, refit: bool = False,
     bundle = Bundle(model, catalog.ids, type_names(cfg), device, cache=cache, texts=catalog.texts)
     small = len(seqs) <= cfg.train.refit_max_users
     val_rows = validation_rows(cfg, seqs.lengths(), rng, every_user=small, none=refit)
-    tail = cfg.train.val_tail_steps
-    is_val = np.zeros(len(seqs), dtype=bool)
-    is_val[val_rows] = True
-    L = cfg.model.max_seq_len
-    ctx = cfg.train.window_context
-    wins = np.concatenate([windows(seqs, np.flatnonzero(~is_val), L, min_context=ctx),
-                           windows(seqs, val_rows, L, drop_last=tail, min_context=ctx)])  # fmt: skip
-    if len(wins) == 0:
-        raise ValueError("no user has two or more positive events: nothing to train on")
-    enc_params = [p for p in enc.parameters() if p.requires_grad]
-    enc_ids = {id(p) for p in enc_params}
-    other = [p for p in model.parameters() if p.requires_grad and id(p) not in enc_ids]
-    groups = [{"params": other, "lr": cfg.train.lr}]
-    if enc_params:
-        groups.append({"params": enc_params, "lr": cfg.train.encoder_lr})
+    wins = _train_windows(cfg, seqs, val_rows)
     full = len(catalog.ids) <= cfg.train.full_softmax_max_items and enc.split > 0
     objective = resolve_objective(cfg, rd, split)
     trainer = Trainer(
         cfg=cfg, bundle=bundle, seqs=seqs, train_wins=wins, val_rows=val_rows,
-        target_freq=counts / max(counts.sum(), 1.0),
-        opt=torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay), rng=rng, full_softmax=full,
+        target_freq=counts / max(counts.sum(), 1.0), opt=_optimiser(cfg, model), rng=rng, full_softmax=full,
         objective=objective, refit_after=small and not refit and len(val_rows) > 0,
         matmul_dtype=matmul_dtype(cfg, device),
     )  # fmt: skip
@@ -605,6 +577,50 @@ def _setup(cfg: Config, rd: RunDir, refit: bool = False,
         str(trainer.matmul_dtype).removeprefix("torch."), objective, distill, time.time() - t_cache,
     )  # fmt: skip
     return trainer, warm_info, catalog, split
+
+
+def _warm_model(cfg: Config, rd: RunDir, catalog: Catalog, counts: np.ndarray, device: torch.device,
+                member: int) -> tuple[TwoTower, dict[str, Any]]:  # fmt: skip
+    """The model on `device`, warm-started from the previous night's member `member` (or
+    its model.pt) when train.warm_start and one exists. A previous model that cannot be
+    read is logged and skipped: tonight trains from the pretrained encoder instead."""
+    model = build_model(cfg, catalog, counts, device)
+    warm_info: dict[str, Any] = {"from": None}
+    prev = find_previous_model(cfg, rd) if cfg.train.warm_start else None
+    if prev is not None and (prev.parent / member_file(member)).is_file():
+        prev = prev.parent / member_file(member)
+    if prev is not None:
+        try:
+            warm_info = warm_start(model, catalog.ids, prev)
+        except (RuntimeError, KeyError, ValueError, OSError) as e:
+            warm_info = {"from": str(prev), "error": repr(e)}
+            log.warning("train: warm start from %s failed (%s); training from the pretrained encoder", prev, e)
+    return model.to(device), warm_info
+
+
+def _train_windows(cfg: Config, seqs: Sequences, val_rows: np.ndarray) -> np.ndarray:
+    """[W, 4] training windows (recsys.model.data.windows): every step of the other
+    users, and all but the last train.val_tail_steps steps of the validation users."""
+    is_val = np.zeros(len(seqs), dtype=bool)
+    is_val[val_rows] = True
+    L, ctx = cfg.model.max_seq_len, cfg.train.window_context
+    wins = np.concatenate([windows(seqs, np.flatnonzero(~is_val), L, min_context=ctx),
+                           windows(seqs, val_rows, L, drop_last=cfg.train.val_tail_steps, min_context=ctx)])  # fmt: skip
+    if len(wins) == 0:
+        raise ValueError("no user has two or more positive events: nothing to train on")
+    return wins
+
+
+def _optimiser(cfg: Config, model: TwoTower) -> torch.optim.Optimizer:
+    """AdamW over the trainable weights: the towers at train.lr, the encoder's trainable
+    layers (none on CPU by default) at train.encoder_lr."""
+    enc_params = [p for p in model.item.encoder.parameters() if p.requires_grad]
+    enc_ids = {id(p) for p in enc_params}
+    other = [p for p in model.parameters() if p.requires_grad and id(p) not in enc_ids]
+    groups = [{"params": other, "lr": cfg.train.lr}]
+    if enc_params:
+        groups.append({"params": enc_params, "lr": cfg.train.encoder_lr})
+    return torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay)
 
 
 def ensemble_size(cfg: Config, rd: RunDir) -> int:
