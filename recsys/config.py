@@ -500,7 +500,13 @@ class SectionSpec(_Section):
 class RerankConfig(_Section):
     method: Literal["mmr", "dpp"] = "mmr"
     # MMR trade-off: 1.0 = pure relevance, 0.0 = pure diversity. With at most
-    # category_cap items of one category per section. Measured on one ranked list each
+    # category_cap items of one category per section while its pool has items of other
+    # categories left; then the rest of the pool fills it (items without a category are
+    # never capped). A hard cap left a catalog with one category, or none, at cap-many
+    # slots per section: ml-latest-small with its genres blanked (--from rerank, the same
+    # ranked list) had pages of 25.8 items instead of 41.4, homepage NDCG@10 0.0697
+    # against 0.0743, Recall@50 0.112 against 0.179; with its genres the page is the
+    # same either way (0.0749). Measured on one ranked list each
     # (bench/quality.py ... --from rerank; homepage NDCG@10 / coverage@10 / ILD@10),
     # lambda 0.75 and cap 3 -> 0.9 and 5: ml-latest-small 0.0629 / 0.191 / 0.680 ->
     # 0.0704 / 0.191 / 0.659 (the ranked list: 0.0718 / 0.175 / 0.645), synthetic

@@ -10,7 +10,8 @@ page); MMR picks every user's slots of a section in one array operation:
 - discover:           the long-tail exposure quota: ranked candidates beyond the
                       popularity quantile, interleaved with the long_tail source
                       (items with too little history, matched by their text)
-Every section applies the category cap. Every slot carries its source, score and reason.
+Every section applies the category cap while its pool has other categories left (a
+section is never left short for it). Every slot carries its source, score and reason.
 Users without enough history are served a segment fallback homepage built here too.
 """
 
@@ -43,13 +44,35 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return np.ones_like(x) if hi - lo < 1e-12 else (x - lo) / (hi - lo)
 
 
+def category_codes(cats: np.ndarray) -> np.ndarray:
+    """[n] category labels -> [n] int codes for the cap; "" and None (no category) -> -1,
+    which the cap never counts: a catalog without categories has nothing to diversify by.
+    Integer labels are codes already (-1 = none) and pass through."""
+    arr = np.asarray(cats)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    s = pd.Series(arr.astype(object))
+    codes = pd.factorize(s.where(s != "", None))[0]  # missing -> -1
+    return codes.astype(np.int64)
+
+
+def soft_cap_ok(alive: np.ndarray, under_cap: np.ndarray) -> np.ndarray:
+    """[B, n] which candidates a step may pick: those under the category cap, or, in a
+    row with none of those left, every candidate left. The cap spreads a section over
+    categories where the pool has several; it never leaves slots empty (a shop whose
+    pool is one category would get cap-many top picks)."""
+    ok = alive & under_cap
+    return np.where(ok.any(axis=-1, keepdims=True), ok, alive)
+
+
 def mmr_select(
     rel: np.ndarray, vecs: np.ndarray, k: int, lam: float, cats: np.ndarray | None = None, cap: int | None = None
 ) -> list[int]:
     """Maximal marginal relevance for one list (see mmr_select_batch): rel [n] (min-max
     normalised inside), vecs [n, d] unit vectors, cats [n] labels for the cap (at most
-    `cap` picks per label). Returns picked positions in order."""
-    codes = None if cats is None else np.unique(np.asarray(cats), return_inverse=True)[1].reshape(1, -1)
+    `cap` picks per label while other labels are left; "" or None = no label, never
+    capped). Returns picked positions in order."""
+    codes = None if cats is None else category_codes(cats).reshape(1, -1)
     out = mmr_select_batch(_normalise(np.asarray(rel, dtype=np.float64))[None], vecs[None], k, lam, codes, cap)
     return [int(j) for j in out[0] if j >= 0]
 
@@ -58,12 +81,14 @@ def mmr_select_batch(
     rel: np.ndarray, vecs: np.ndarray, k: int, lam: float, cats: np.ndarray | None = None, cap: int | None = None
 ) -> np.ndarray:
     """MMR for B lists at once: each row picks argmax lam*rel_i - (1-lam)*max_{j in S}
-    sim(i,j) k times, skipping labels already picked `cap` times.
+    sim(i,j) k times, skipping labels already picked `cap` times while the row has a
+    candidate of another label left (soft_cap_ok).
 
     rel [B, n] relevance (NaN = padding), vecs [B, n, d] unit vectors, cats [B, n] int
-    labels. Returns [B, k] positions (-1 = the row ran out). Every step is one vectorised
-    operation over the batch, and each row's result depends on that row alone (the
-    per-user loop this replaced re-ranked ~1,400 users/s)."""
+    labels (-1 = none, never capped). Returns [B, k] positions (-1 = the row ran out of
+    candidates). Every step is one vectorised operation over the batch, and each row's
+    result depends on that row alone (the per-user loop this replaced re-ranked ~1,400
+    users/s)."""
     B, n = rel.shape
     rows = np.arange(B)
     alive = np.isfinite(rel)
@@ -72,7 +97,7 @@ def mmr_select_batch(
     same = np.zeros((B, n), dtype=np.int64)  # picks so far with each candidate's label
     out = np.full((B, k), -1, dtype=np.int64)
     for step in range(k):
-        ok = alive if cats is None or cap is None else alive & (same < cap)
+        ok = alive if cats is None or cap is None else soft_cap_ok(alive, (same < cap) | (cats < 0))
         j = np.where(ok, lam * r - (1.0 - lam) * sim_max, -np.inf).argmax(1)  # [B]
         hit = ok[rows, j]
         if not hit.any():
@@ -105,22 +130,22 @@ def dpp_select(
     d2 = np.diag(L).copy()
     alive = np.ones(n, dtype=bool)
     picked: list[int] = []
-    counts: dict[Any, int] = {}
+    codes = category_codes(cats) if cats is not None and cap is not None else None
+    counts = np.zeros(n + 1, dtype=np.int64)  # picks per label code; the last entry is label -1's, never read
     while len(picked) < k:
-        cand = np.where(alive, d2, -np.inf)
+        ok = alive if codes is None else soft_cap_ok(alive, (codes < 0) | (counts[codes] < cap))
+        cand = np.where(ok, d2, -np.inf)
         j = int(np.argmax(cand))
         if not np.isfinite(cand[j]) or cand[j] <= 1e-10:
             break
         alive[j] = False
-        if cats is not None and cap is not None and counts.get(cats[j], 0) >= cap:
-            continue
         m = len(picked)
         ej = (L[j] - cis[:m].T @ cis[:m, j]) / np.sqrt(d2[j])
         cis[m] = ej
         d2 = d2 - ej**2
         picked.append(j)
-        if cats is not None:
-            counts[cats[j]] = counts.get(cats[j], 0) + 1
+        if codes is not None:
+            counts[codes[j]] += 1
     return picked
 
 
@@ -149,7 +174,7 @@ class SectionBuilder:
         self.long_tail = rank >= int(len(pop) * rc.long_tail_quantile)
         self.head_share = 1.0 - rank / max(len(pop) - 1, 1)  # [N] 1 = most popular, 0 = least
         self.row_of = {x: i for i, x in enumerate(ctx.catalog.ids)}
-        self.cat_code = pd.factorize(pd.Series(ctx.catalog.category, dtype=object).fillna(""))[0]  # [N] int
+        self.cat_code = category_codes(ctx.catalog.category)  # [N] int, -1 = no category
         self.vecs = ctx.item_vecs if ctx.item_vecs is not None else np.eye(len(pop), 1, dtype=np.float32)
 
     def title(self, item_id: str) -> str:
@@ -401,20 +426,23 @@ def build_fallbacks(cfg: Config, ctx: Context) -> dict[str, list[dict[str, Any]]
         segments[f"cat:{c}"] = top_level == c
 
     def ranked(mask: np.ndarray, score: np.ndarray, used: set[int], n: int, cap: int | None) -> list[int]:
-        rows = np.flatnonzero(mask & ok & (score > 0))
-        rows = rows[np.lexsort((rows, -score[rows]))]
+        """The n best rows by score, at most cap per category while other categories
+        can fill the list; then the best of those the cap held back."""
+        hits = np.flatnonzero(mask & ok & (score > 0))
+        order = [int(r) for r in hits[np.lexsort((hits, -score[hits]))] if int(r) not in used]
         out: list[int] = []
+        held: list[int] = []
         counts: dict[Any, int] = {}
-        for r in rows:
-            if int(r) in used:
-                continue
-            c = ctx.catalog.category[r]
-            if cap is not None and counts.get(c, 0) >= cap:
-                continue
-            out.append(int(r))
-            counts[c] = counts.get(c, 0) + 1
+        for r in order:
             if len(out) >= n:
                 break
+            c = ctx.catalog.category[r]
+            if cap is not None and c and counts.get(c, 0) >= cap:
+                held.append(r)
+                continue
+            out.append(r)
+            counts[c] = counts.get(c, 0) + 1
+        out += held[: n - len(out)]
         used.update(out)
         return out
 

@@ -20,10 +20,20 @@ def test_mmr_diversifies_near_duplicates():
     assert mmr_select(rel, _vecs(), 2, lam=0.5) == [0, 2]
 
 
-def test_category_cap():
+def test_category_cap_holds_while_other_categories_are_left():
     rel = np.array([1.0, 0.9, 0.8])
     cats = np.array(["A", "A", "B"], dtype=object)
-    assert mmr_select(rel, _vecs(), 3, lam=1.0, cats=cats, cap=1) == [0, 2]
+    assert mmr_select(rel, _vecs(), 2, lam=1.0, cats=cats, cap=1) == [0, 2]
+    # Only A is left for the third slot: the section is filled, not left short.
+    assert mmr_select(rel, _vecs(), 3, lam=1.0, cats=cats, cap=1) == [0, 2, 1]
+
+
+def test_one_category_or_none_does_not_shorten_a_section():
+    rel = np.array([1.0, 0.9, 0.8])
+    for labels in (["A", "A", "A"], ["", "", ""], [None, None, None]):
+        assert mmr_select(rel, _vecs(), 3, lam=1.0, cats=np.array(labels, dtype=object), cap=1) == [0, 1, 2]
+    # No category is no label: two uncategorised items pass a cap of 1 before B's item.
+    assert mmr_select(rel, _vecs(), 2, lam=1.0, cats=np.array(["", "", "B"], dtype=object), cap=1) == [0, 1]
 
 
 def test_dpp_prefers_diverse_set():
@@ -31,6 +41,11 @@ def test_dpp_prefers_diverse_set():
     picked = dpp_select(rel, _vecs(), 2, theta=0.5)
     assert picked[0] == 0 and picked[1] == 2
     assert dpp_select(rel, _vecs(), 5, theta=0.5, cats=np.array(["A", "A", "B"], dtype=object), cap=1) == [0, 2]
+    # Orthogonal items (nothing to trade off): by relevance, the cap holds A's second
+    # item back until only A is left.
+    eye = np.eye(3, dtype=np.float32)
+    assert dpp_select(rel, eye, 3, theta=0.5, cats=np.array(["A", "A", "B"], dtype=object), cap=1) == [0, 2, 1]
+    assert dpp_select(rel, eye, 3, theta=0.5, cats=np.array(["", "", "B"], dtype=object), cap=1) == [0, 1, 2]
 
 
 def test_leaf():
@@ -109,9 +124,11 @@ def test_mmr_batch_rows_are_independent_of_the_batch():
         alone = mmr_select_batch(rel[b : b + 1, :m], v[b : b + 1, :m], 12, 0.7, cats[b : b + 1, :m], cap=3)[0]
         assert both[b].tolist() == alone.tolist()
         picked = [j for j in alone if j >= 0]
-        allowed = np.minimum(np.bincount(cats[b, :m], minlength=4), 3).sum()  # what the cap leaves
-        assert len(set(picked)) == len(picked) == min(12, allowed)
-        assert np.bincount(cats[b, picked], minlength=4).max() <= 3
+        assert len(set(picked)) == len(picked) == min(12, m)  # never short while candidates are left
+        count = np.bincount(cats[b, picked], minlength=4)
+        if count.max() > 3:  # past the cap only once every category under it is used up
+            left = np.setdiff1d(np.arange(m), picked)
+            assert (count[cats[b, left]] >= 3).all()
     assert (both[lens == 0] == -1).all()  # an empty row picks nothing
 
 
@@ -123,3 +140,41 @@ def test_pool_without_drops_used_rows_wherever_they_are():
     assert pool.without({3, 100}).rows.tolist() == [5, 9, 120]  # 100 is past every row, 3 twice
     assert pool.without({0, 200}).rows.tolist() == [5, 3, 9, 3, 120]
     assert pool.without({120, 5, 9, 3}).item.tolist() == [] and pool.without(set()) is pool
+
+
+def test_sections_and_fallbacks_fill_where_the_catalog_has_one_category_or_none():
+    """A shop whose catalog has no categories (the field is optional) or one: with a cap of
+    1 the top picks used to stop at one slot and every fallback section at one item."""
+    from recsys.config import Config, RerankConfig, SectionSpec
+    from recsys.rerank import Pool, SectionBuilder, build_fallbacks
+    from tests.test_rank import tiny_context
+
+    for label in ("", "Shop"):
+        ctx = tiny_context()
+        ctx.catalog.category = np.array([label] * 4, dtype=object)
+        ctx.cfg = Config(
+            rerank=RerankConfig(category_cap=1, sections=[SectionSpec(key="top_picks", title="Top", size=4)])
+        )
+        rows = np.array([2, 3, 1, 0])
+        pool = Pool(ctx.catalog.ids[rows], rows, np.linspace(1, 0.5, 4), np.array(["two_tower"] * 4, dtype=object),
+                    np.array([""] * 4, dtype=object))  # fmt: skip
+        (top,) = SectionBuilder(ctx.cfg, ctx).build_pages(["u0"], {"u0": pool}, {"u0": {}})["u0"]
+        assert sorted(s["item_id"] for s in top["items"]) == ["i0", "i1", "i2", "i3"]
+        # pop_score i3 5 > i0 2 > i1 1 (i2 0 is never popular): all three, in that order.
+        popular = build_fallbacks(ctx.cfg, ctx)["all"][0]
+        assert (popular["key"], [s["item_id"] for s in popular["items"]]) == ("popular", ["i3", "i0", "i1"])
+
+
+def test_fallback_cap_holds_back_then_fills():
+    """Categories A A B B (tiny_context), popularity i3 5 > i2 4 > i0 1 > i1 0.5, cap 1:
+    the most popular of each category first (i3, i0), then the held-back ones by
+    popularity (i2, i1), not i3, i2, i0, i1."""
+    from recsys.config import Config, RerankConfig
+    from recsys.rerank import build_fallbacks
+    from tests.test_rank import tiny_context
+
+    ctx = tiny_context()
+    ctx.item_stats["pop_score"] = [1.0, 0.5, 4.0, 5.0]
+    ctx.cfg = Config(rerank=RerankConfig(category_cap=1))
+    popular = build_fallbacks(ctx.cfg, ctx)["all"][0]
+    assert [s["item_id"] for s in popular["items"]] == ["i3", "i0", "i2", "i1"]
