@@ -29,7 +29,7 @@ import pandas as pd
 from recsys import jsonio
 from recsys.config import Config, SectionSpec
 from recsys.progress import Progress
-from recsys.retrieve import SOURCES, Context, load_context
+from recsys.retrieve import SOURCES, WHOLE_SHOP, Context, load_context
 from recsys.rundir import RunDir
 from recsys.shards import PartReader, PartWriter, batches, existing_part, part_path, write_part
 
@@ -276,7 +276,7 @@ class SectionBuilder:
         pool = by_source.get("trending", EMPTY).without(used)
         if not len(pool):
             return None
-        cat_name = leaf(str(pool.anchor[0]))
+        cat_name = leaf(str(pool.anchor[0])) or WHOLE_SHOP
         return Draft(pool.where(pool.anchor == pool.anchor[0]), spec.title.format(category=cat_name),
                      lambda p: f"Trending in {cat_name}", diversify=False)  # fmt: skip
 

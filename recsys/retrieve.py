@@ -7,7 +7,7 @@ unavailable item, at most k rows per user, ranks 1..n by descending score. The c
 tests in tests/test_retrieve.py run against every source.
 
 Sources: two_tower (FAISS inner product over the item tower), covisitation (what
-followed the user's recent items), trending (in the user's categories), new_arrivals
+followed the user's recent items), trending (in the user's categories, else the shop), new_arrivals
 (recent items ranked by the user vector: cold start), long_tail (items known by their
 text alone, for the discover section), item_item (EASE's linear item-item model over
 the user's whole history, recsys/ease.py, for catalogs small enough to fit it),
@@ -698,24 +698,29 @@ def top_categories(ctx: Context, users: list[str], n: int = 2) -> pd.DataFrame:
     return g[g.groupby("u").cumcount() < n][["u", "c"]]
 
 
+WHOLE_SHOP = "the whole shop"  # how a trending slot without a category names its scope
+
+
 class TrendingSource:
     """Items with the most recent weighted events (trending_days before the cutoff) in
-    the user's top categories; the anchor is the category."""
+    the user's top categories; the anchor is the category. A user whose recent items
+    have no category (a catalog without categories, where the field is optional) gets
+    what trends in the whole shop, anchor ""."""
 
     name = "trending"
 
     @staticmethod
     def reason(anchor: str) -> str:
         """The reason shown on a slot this source filled (anchor: its title or category)."""
-        return f"Trending in {anchor}"
+        return f"Trending in {anchor or WHOLE_SHOP}"
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         trend = ctx.item_stats["trend_score"].to_numpy(np.float64)
         self.by_cat: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         cats = ctx.catalog.category
-        for c in np.unique(cats):
-            rows = np.flatnonzero((cats == c) & (trend > 0) & ctx.servable)
+        for c in [*np.unique(cats[cats != ""]), ""]:
+            rows = np.flatnonzero(((cats == c) | (c == "")) & (trend > 0) & ctx.servable)
             o = rows[np.lexsort((rows, -trend[rows]))]
             self.by_cat[str(c)] = (o, trend[o])
 
@@ -731,7 +736,13 @@ class TrendingSource:
 
     def _batch(self, users: list[str], k: int) -> pd.DataFrame:
         frames = []
-        for c, g in top_categories(self.ctx, users).groupby("c", sort=True):
+        top = top_categories(self.ctx, users)
+        # Known users without a category in their recent items: the whole shop ("").
+        have = set(top["u"].tolist())
+        rest = [p for p, u in enumerate(users) if u in self.ctx.user_row and p not in have]
+        top = pd.concat([top, pd.DataFrame({"u": rest, "c": [""] * len(rest)})], ignore_index=True)
+        top["u"] = top["u"].astype(np.int64)
+        for c, g in top.groupby("c", sort=True):
             if c not in self.by_cat:
                 continue
             group = [users[i] for i in g["u"]]

@@ -178,3 +178,23 @@ def test_fallback_cap_holds_back_then_fills():
     ctx.cfg = Config(rerank=RerankConfig(category_cap=1))
     popular = build_fallbacks(ctx.cfg, ctx)["all"][0]
     assert [s["item_id"] for s in popular["items"]] == ["i3", "i0", "i2", "i1"]
+
+
+def test_trending_section_without_a_category_names_the_whole_shop():
+    from recsys.config import Config, RerankConfig, SectionSpec
+    from recsys.rerank import Pool, SectionBuilder
+    from tests.test_rank import tiny_context
+
+    ctx = tiny_context()
+    ctx.cfg = Config(rerank=RerankConfig(sections=[SectionSpec(key="top_picks", title="Top", size=1),
+                                                   SectionSpec(key="trending", title="Trending in {category}", size=2)]))  # fmt: skip
+    rows = np.array([2, 0])
+    trend = Pool(ctx.catalog.ids[rows], rows, np.array([3.0, 1.0]), np.array(["trending"] * 2, dtype=object),
+                 np.array(["", ""], dtype=object))  # fmt: skip
+    top = Pool(ctx.catalog.ids[[3]], np.array([3]), np.array([1.0]), np.array(["two_tower"], dtype=object),
+               np.array([""], dtype=object))  # fmt: skip
+    (_, sec) = SectionBuilder(ctx.cfg, ctx).build_pages(["u0"], {"u0": top}, {"u0": {"trending": trend}})["u0"]
+    assert sec["title"] == "Trending in the whole shop"
+    assert [(s["item_id"], s["reason"]) for s in sec["items"]] == [("i2", "Trending in the whole shop"),
+                                                                   ("i0", "Trending in the whole shop")]  # fmt: skip
+    assert all("anchor" not in s for s in sec["items"])

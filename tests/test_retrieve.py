@@ -225,3 +225,21 @@ def test_item_item_is_fitted_once_before_the_shards_and_skipped_for_large_catalo
     assert not path.is_file() and load_context(small, tiny_rd, "full").item_item is None
     prepare_retrieve(cfg, tiny_rd)  # as the run left it, for the tests after this one
     assert path.is_file()
+
+
+def test_trending_in_the_users_category_else_in_the_whole_shop():
+    """tiny_context: u0 saw i0, i1, i0 (category A); trend i0 1, i2 3 (B), others 0. With
+    categories u0 gets A's trending item; with none (the field is optional) what trends
+    in the whole shop, anchor "", where it used to get nothing."""
+    from recsys.retrieve import TrendingSource
+    from tests.test_rank import tiny_context
+
+    ctx = tiny_context()
+    ctx.item_stats["trend_score"] = [1.0, 0.0, 3.0, 0.0]
+    cols = ["user_id", "item_id", "anchor", "source_rank"]
+    got = TrendingSource(ctx).generate(["u0", "stranger"], k=5)
+    assert got[cols].values.tolist() == [["u0", "i0", "A", 1]]
+    ctx.catalog.category = np.array([""] * 4, dtype=object)
+    got = TrendingSource(ctx).generate(["u0", "stranger"], k=5)
+    assert got[cols].values.tolist() == [["u0", "i2", "", 1], ["u0", "i0", "", 2]]
+    assert SOURCES["trending"].reason("") == "Trending in the whole shop"
