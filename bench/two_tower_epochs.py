@@ -66,6 +66,8 @@ def main() -> None:
                          "train.max_epochs at most), then the members and the ensemble scored once")  # fmt: skip
     ap.add_argument("--next-item", type=Path, default=None,
                     help="a bench/next_item.py work folder (WORK/DATASET): its run, scored on its removed items")  # fmt: skip
+    ap.add_argument("--test-users", type=int, default=0,
+                    help="with --seeds: score a fixed random sample of this many test users (0 = all)")  # fmt: skip
     a = ap.parse_args()
     if a.next_item is not None:
         # The user state is the full split.
@@ -87,7 +89,7 @@ def main() -> None:
     if a.seeds and a.fit:
         return fitted(cfg, rd, [int(x) for x in a.seeds.split(",")], state, ho)
     if a.seeds:
-        return ensemble(cfg, rd, [int(x) for x in a.seeds.split(",")], a.epochs, state, ho)
+        return ensemble(cfg, rd, [int(x) for x in a.seeds.split(",")], a.epochs, state, ho, a.test_users)
     tr, _, catalog, _ = T._setup(cfg, rd)
     seqs = load_sequences(rd.require("features", state, "sequences"), catalog.index(), T.type_names(cfg))
     target = dict(zip(ho.user_id, catalog.index().get_indexer(ho.item_id), strict=True))
@@ -141,11 +143,14 @@ def main() -> None:
               flush=True)  # fmt: skip
 
 
-def test_targets(cfg, rd, catalog, state, ho):  # type: ignore[no-untyped-def]
-    """Each test user's sequence row (the state's split) and held-out item row."""
+def test_targets(cfg, rd, catalog, state, ho, max_users: int = 0):  # type: ignore[no-untyped-def]
+    """Each test user's sequence row (the state's split) and held-out item row; at most
+    max_users of them (a fixed random sample; 0 = all)."""
     seqs = load_sequences(rd.require("features", state, "sequences"), catalog.index(), T.type_names(cfg))
     target = dict(zip(ho.user_id, catalog.index().get_indexer(ho.item_id), strict=True))
     rows = np.array([i for i, u in enumerate(seqs.user_ids) if u in target and target[u] >= 0])
+    if 0 < max_users < len(rows):
+        rows = np.sort(np.random.default_rng(0).choice(rows, max_users, replace=False))
     return seqs, rows, np.array([target[seqs.user_ids[r]] for r in rows])
 
 
@@ -166,14 +171,16 @@ def ndcg10(scores: torch.Tensor, targets: np.ndarray) -> float:
     return float(np.mean(np.where(rank < 10, 1 / np.log2(rank + 2), 0.0)))
 
 
-def ensemble(cfg, rd: RunDir, seeds: list[int], epochs: int, state, ho) -> None:  # type: ignore[no-untyped-def]
+def ensemble(cfg, rd: RunDir, seeds: list[int], epochs: int, state, ho, max_users: int) -> None:  # type: ignore[no-untyped-def]
     trainers = []
     for s in seeds:
         c = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": s})})
         trainers.append(T._setup(c, rd)[0])
     catalog = load_catalog_of(rd)
-    seqs, rows, targets = test_targets(cfg, rd, catalog, state, ho)
-    print(f"{len(rows)} test users; seeds {seeds}")
+    seqs, rows, targets = test_targets(cfg, rd, catalog, state, ho, max_users)
+    # Every epoch's [U, N] float32 scores are kept for the stopping rules at the end.
+    gib = len(rows) * len(catalog.ids) * 4 * len(seeds) * (epochs + 3) / 2**30
+    print(f"{len(rows)} test users; seeds {seeds}; ~{gib:.1f} GiB of kept scores (--test-users caps it)")
     prefixes = list(range(2, len(seeds)))  # the ensembles of the first 2, 3, ... seeds too
     print("| epoch | " + " | ".join(f"seed {s}" for s in seeds) + "".join(f" | first {k}" for k in prefixes)
           + " | ensemble (mean score) | with the 2 epochs before | seconds |")  # fmt: skip
@@ -196,7 +203,7 @@ def ensemble(cfg, rd: RunDir, seeds: list[int], epochs: int, state, ho) -> None:
         snap = ndcg10(torch.stack(recent).mean(0), targets)  # a snapshot ensemble over epochs e-2..e
         print(f"| {e} | " + " | ".join(f"{x:.4f}" for x in each + part)
               + f" | {mean:.4f} | {snap:.4f} | {time.time() - t0:.0f} |", flush=True)  # fmt: skip
-    stopping_rules(kept, vals, targets, cfg.train.early_stopping_patience)
+    stopping_rules(kept, vals, targets, cfg.train.patience_epochs(trainers[0].steps / epochs))
 
 
 def fitted(cfg, rd: RunDir, seeds: list[int], state, ho) -> None:  # type: ignore[no-untyped-def]
@@ -243,9 +250,9 @@ def stopping_rules(kept, vals, targets, default_patience: int) -> None:  # type:
                     break
         return best
 
-    print(f"\n| rule | epochs chosen | ensemble test NDCG@10 |  (default patience {default_patience})")
+    print(f"\n| rule | epochs chosen | ensemble test NDCG@10 |  (the default's patience here: {default_patience})")
     print("|---|---|---:|")
-    for p in (3, 5, 8, epochs):
+    for p in sorted({3, 5, 8, default_patience, epochs}):
         chosen = [stopped_at(v, p) for v in vals]
         sc = torch.stack([kept[m][e].float() for m, e in enumerate(chosen)]).mean(0)
         print(f"| patience {p} | {[e + 1 for e in chosen]} | {ndcg10(sc, targets):.4f} |")

@@ -675,7 +675,16 @@ def train_model(cfg: Config, rd: RunDir) -> dict[str, Any]:
     _record_members(rd, members)
     info = {**infos[0], "seconds": round(time.time() - t_start, 1), "members": members}
     if members > 1:
-        keys = ("seed", "best_epoch", "best_val_recall@20", "steps", "stopped_by", "model_hash", "seconds")
+        keys = (
+            "seed",
+            "best_epoch",
+            "best_val_recall@20",
+            "steps",
+            "stopped_by",
+            "patience_epochs",
+            "model_hash",
+            "seconds",
+        )
         info["member_runs"] = [{k: m[k] for k in keys} for m in infos]
         info["model_hash"] = hashlib.sha256("".join(m["model_hash"] for m in infos).encode()).hexdigest()[:16]
         log.info("train: %d members in %.1fs (best epochs %s)", members, info["seconds"],
@@ -715,15 +724,16 @@ def train_member(cfg: Config, rd: RunDir, member: int = 0) -> dict[str, Any]:
         "steps": fit["steps"],
         "positions": fit["positions"],
         "positions_per_s": round(fit["positions"] / elapsed, 1) if elapsed > 0 else None,
-        **{k: fit[k] for k in ("time_budget_s", "loop_seconds", "stopped_by", "best_epoch", "best_val_recall@20",
-                               "history")},
+        **{k: fit[k] for k in ("time_budget_s", "loop_seconds", "stopped_by", "patience_epochs", "best_epoch",
+                               "best_val_recall@20", "history")},
         **refit,
         "warm_start": warm_info,
         "model_hash": model_hash,
         "seconds": round(time.time() - t_start, 1),
     }  # fmt: skip
-    log.info("train: done in %.1fs, %d steps, best epoch %d val recall@20=%s (%s)",
-             info["seconds"], fit["steps"], fit["best_epoch"], fit["best_val_recall@20"], fit["stopped_by"])  # fmt: skip
+    log.info("train: done in %.1fs, %d steps, best epoch %d val recall@20=%s (%s, patience %d epochs)",
+             info["seconds"], fit["steps"], fit["best_epoch"], fit["best_val_recall@20"], fit["stopped_by"],
+             fit["patience_epochs"])  # fmt: skip
     return info
 
 
@@ -759,13 +769,14 @@ def _fit(cfg: Config, tr: Trainer) -> dict[str, Any]:
         if out_of_time or time.time() - t_loop > budget:
             stopped = "time_budget"
             break
-        if bad_epochs >= cfg.train.early_stopping_patience:
+        if bad_epochs >= cfg.train.patience_epochs(tr.steps / epoch):
             stopped = "early_stopping"
             break
     model.load_state_dict(best_state)
     return {"val_users": len(tr.val_rows), "steps": tr.steps, "positions": tr.positions,
             "time_budget_s": round(budget, 1) if budget is not None else None,
             "loop_seconds": round(time.time() - t_loop, 1), "stopped_by": stopped, "best_epoch": best["epoch"],
+            "patience_epochs": cfg.train.patience_epochs(tr.steps / max(len(history) - 1, 1)),
             "best_val_recall@20": best["val_recall@20"], "history": history}  # fmt: skip
 
 

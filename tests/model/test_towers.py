@@ -221,3 +221,40 @@ def test_heaviest_teacher_items_and_the_default_weight():
     assert covis_distill(cfg, "next_item") == 0.3 and covis_distill(cfg, "horizon") == 0.0
     set_ = load_config(overrides={"train": {"covis_distill": 0.1}}, environ={})
     assert covis_distill(set_, "horizon") == 0.1
+
+
+def test_patience_holds_enough_steps_within_its_bounds():
+    import pytest
+
+    from recsys.config import ConfigError, load_config
+
+    tc = load_config(environ={}).train  # 200 steps, between 3 and 8 epochs
+    # ml-latest-small's 24-step epochs: ceil(200 / 24) = 9, held to 8; a 200-step epoch: 1, raised to 3.
+    assert [tc.patience_epochs(s) for s in (24, 40, 50, 67, 100, 200, 5000)] == [8, 5, 4, 3, 3, 3, 3]
+    assert tc.patience_epochs(0) == 8  # no step taken (a cut first epoch): the most
+    off = load_config(overrides={"train": {"early_stopping_patience_steps": 0}}, environ={}).train
+    assert off.patience_epochs(200) == 8
+    with pytest.raises(ConfigError, match="early_stopping_min_patience"):
+        load_config(overrides={"train": {"early_stopping_min_patience": 9}}, environ={})
+
+
+def test_training_stops_after_the_patience_in_steps(tiny_run, tiny_rd):
+    """A model that cannot improve (learning rate 1e-12: validation reads the same every
+    epoch) stops after exactly the patience its epochs' steps give."""
+    from recsys.config import _deep_merge, load_config
+    from recsys.model.train import _fit, _setup
+
+    cfg, _ = tiny_run
+    base = _deep_merge(cfg.model_dump(mode="json"), {"train": {"lr": 1e-12, "max_epochs": 12, "warm_start": False,
+                                                               "early_stopping_patience": 6, "early_stopping_min_patience": 1}})  # fmt: skip
+    runs = {}
+    for steps in (0, 1, 10_000):
+        c = load_config(overrides=_deep_merge(base, {"train": {"early_stopping_patience_steps": steps}}), environ={})
+        tr = _setup(c, tiny_rd)[0]
+        fit = _fit(c, tr)
+        per_epoch = fit["steps"] / (len(fit["history"]) - 1)
+        runs[steps] = (fit["best_epoch"], len(fit["history"]) - 1, fit["patience_epochs"], per_epoch)
+    assert runs[0][:3] == (0, 6, 6)  # off: always early_stopping_patience
+    assert runs[1][:3] == (0, 1, 1)  # one step's patience: one epoch (the floor, 1 here)
+    assert runs[10_000][:3] == (0, 6, 6)  # more steps than the most epochs hold: the most
+    assert runs[0][3] > 1  # each epoch is several steps, so the rule had steps to count
